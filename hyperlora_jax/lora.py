@@ -97,3 +97,28 @@ def lora_delta(x: jax.Array, a: jax.Array, b: jax.Array, scale: jax.Array) -> ja
     h = jnp.einsum("btd,brd->btr", x, a.astype(x.dtype))
     h = h * scale.astype(x.dtype)[:, None, None]
     return jnp.einsum("btr,bro->bto", h, b.astype(x.dtype))
+
+
+def stack_adapters(adapters: "list[Adapter]") -> Adapter:
+    """Concatenates adapters along the batch axis. Ranks are zero-padded to the largest; a module that some
+    adapters lack is zero-filled for them (zero rows add nothing)."""
+    if not adapters:
+        raise ValueError("stack_adapters needs at least one adapter")
+    modules = [m for m in LORA_MODULES if any(m in a.A for a in adapters)]
+    rank = max(a.rank for a in adapters)
+    out_a, out_b = {}, {}
+    for m in modules:
+        ref = next(a for a in adapters if m in a.A)
+        n_layers, d_in, d_out = ref.A[m].shape[0], ref.A[m].shape[3], ref.B[m].shape[3]
+        parts_a, parts_b = [], []
+        for ad in adapters:
+            n = ad.batch_size
+            if m in ad.A:
+                pad = ((0, 0), (0, 0), (0, rank - ad.A[m].shape[2]), (0, 0))
+                parts_a.append(jnp.pad(ad.A[m], pad))
+                parts_b.append(jnp.pad(ad.B[m], pad))
+            else:
+                parts_a.append(jnp.zeros((n_layers, n, rank, d_in), ref.A[m].dtype))
+                parts_b.append(jnp.zeros((n_layers, n, rank, d_out), ref.B[m].dtype))
+        out_a[m], out_b[m] = jnp.concatenate(parts_a, axis=1), jnp.concatenate(parts_b, axis=1)
+    return Adapter(out_a, out_b, jnp.concatenate([jnp.asarray(a.scale, jnp.float32) for a in adapters]))
