@@ -1,0 +1,64 @@
+"""Generate text with a base model, optionally with a PEFT LoRA adapter.
+
+  python -m hyperlora_jax.generate [--model DIR] [--lora PEFT_DIR] --prompt TEXT [--chat] [--max-new-tokens N]
+      [--temperature T] [--top-p P] [--seed S] [--dtype float32|bfloat16]
+
+Without --model the embedded tiny model is used. --chat wraps the prompt as a user turn with the tokenizer's chat
+template. Prints the generated text; the last line is a JSON object with the prompt and new token ids.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from hyperlora_jax import cli
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(prog="python -m hyperlora_jax.generate", description=__doc__.splitlines()[0])
+    cli.add_model_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template to the prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    if not args.prompt.strip():
+        raise cli.UsageError("--prompt is empty")
+    if args.max_new_tokens < 1:
+        raise cli.UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise cli.UsageError("--temperature must be >= 0 and --top-p in (0, 1]")
+    import jax.numpy as jnp
+
+    from hyperlora_jax.generation import generate
+
+    cfg, params, tok, tok_err = cli.load_model_and_tokenizer(args.model, args.dtype)
+    tok = cli.need_tokenizer(tok, tok_err)
+    adapter = cli.load_lora(args.lora, cfg)
+    if args.chat:
+        ids = tok.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
+                                      tokenize=True, return_dict=False)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+    else:
+        ids = tok(args.prompt)["input_ids"]
+    if not ids:
+        raise cli.UsageError("--prompt tokenizes to no tokens")
+    stop = list(cfg.eos_token_ids)
+    if tok.eos_token_id is not None and tok.eos_token_id not in stop:
+        stop.append(tok.eos_token_id)
+    new = generate(params, cfg, [list(ids)], adapter=adapter, max_new_tokens=args.max_new_tokens,
+                   temperature=args.temperature, top_p=args.top_p, stop_tokens=stop, seed=args.seed,
+                   dtype=jnp.dtype(args.dtype), pad_id=tok.pad_token_id)[0]
+    print(tok.decode(new, skip_special_tokens=True))
+    print(json.dumps({"prompt_tokens": list(map(int, ids)), "tokens": new}))
+
+
+if __name__ == "__main__":
+    cli.run(main)
