@@ -1,0 +1,76 @@
+"""Converts official checkpoints into the project's own formats.
+
+    python -m hyperlora_jax.convert t2l SRC_RUN_DIR DST_DIR [--overwrite] [--module-order q_proj,v_proj]
+
+Each method is one subcommand: a function ``_add_<name>(subparsers)`` that declares its arguments and sets
+``func`` to a handler ``(args) -> str`` (a one-line summary). Adding a method = one more ``_add_*`` in ``COMMANDS``.
+An existing non-empty DST is refused unless ``--overwrite``. Any error prints one line on stderr and exits with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+class ConvertError(ValueError):
+    """A conversion that cannot proceed (reported as one line, exit code 2)."""
+
+
+def check_destination(dst: str, overwrite: bool):
+    """Refuses an existing non-empty DST (unless overwrite) and an existing non-directory DST."""
+    if os.path.exists(dst) and not os.path.isdir(dst):
+        raise ConvertError(f"destination {dst} exists and is not a directory")
+    if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
+        raise ConvertError(f"destination {dst} exists and is not empty (pass --overwrite to replace it)")
+
+
+# --------------------------------------------------------------------------------------------------- t2l
+def _run_t2l(args) -> str:
+    from hyperlora_jax.t2l import checkpoint
+
+    check_destination(args.dst, args.overwrite)
+    order = [m.strip() for m in args.module_order.split(",") if m.strip()] if args.module_order else None
+    params, cfg, meta = checkpoint.import_run(args.src, module_order=order)
+    checkpoint.save(args.dst, params, cfg, meta, overwrite=args.overwrite)
+    return (f"T2L-{cfg.variant}: {cfg.n_layers} layers, modules {','.join(cfg.target_modules)} (type-embedding "
+            f"order), r={cfg.r}, alpha={cfg.lora_alpha:g} -> {args.dst}")
+
+
+def _add_t2l(sub):
+    p = sub.add_parser("t2l", help="Text-to-LoRA run directory (hypermod.pt + args.yaml + adapter_config.json)")
+    p.add_argument("src", help="official run directory")
+    p.add_argument("dst", help="output directory (config.json + params.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
+    p.add_argument("--module-order", default=None,
+                   help="comma-separated module-type order overriding adapter_config.json target_modules")
+    p.set_defaults(func=_run_t2l)
+
+
+COMMANDS = (_add_t2l,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hyperlora_jax.convert",
+                                     description="Convert official T2L / D2L checkpoints to hyperlora_jax formats.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(
+        a.__name__[len("_add_"):] for a in COMMANDS) + "}")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = args.func(args)
+    except (ValueError, OSError, KeyError) as e:  # UnsafeCheckpointError and ConvertError are ValueErrors
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
