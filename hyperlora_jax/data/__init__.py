@@ -1,0 +1,1 @@
+"""Input pipelines: checkpointable iterators, example sources, tokenization and packing."""

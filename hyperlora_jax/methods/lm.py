@@ -1,0 +1,96 @@
+"""Plain causal language-model training of a decoder (all parameters trainable).
+
+Used to pretrain the toy base model and as the simplest plug-in of the trainer. Config:
+  model.hf_config   dict: a Hugging Face style config.json of a supported family (random init), or
+  model.init_from   path of a HF directory to start from
+  data.source       'copy' (synthetic: random tokens, then the same tokens again; loss on the copy) or another
+                    registered source name; data.seq_len, data.vocab_low
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperlora_jax.config import ModelConfig
+from hyperlora_jax.data.iterators import IndexedBatchIterator, stack
+from hyperlora_jax.model import forward, init_params
+
+SOURCES = {}
+
+
+def source(name):
+    def deco(fn):
+        SOURCES[name] = fn
+        return fn
+    return deco
+
+
+@source("copy")
+def copy_source(cfg: ModelConfig, data_cfg, seed: int):
+    """Example i: [bos, x_1..x_n, sep, x_1..x_n] with loss on the second half; a pure function of (seed, i)."""
+    n = (data_cfg.seq_len - 2) // 2
+    lo = data_cfg.get("vocab_low", 3)
+
+    def example(i):
+        rng = np.random.default_rng([seed, i])
+        x = rng.integers(lo, cfg.vocab_size, n)
+        tokens = np.concatenate([[1], x, [2], x]).astype(np.int32)
+        tokens = np.pad(tokens, (0, data_cfg.seq_len - len(tokens)))
+        mask = np.zeros(data_cfg.seq_len, np.float32)
+        mask[n + 1:2 * n + 1] = 1.0  # positions whose *next* token is part of the copy
+        return {"tokens": tokens, "loss_mask": mask, "segment_ids": (np.arange(data_cfg.seq_len) < 2 * n + 2)
+                .astype(np.int32)}
+    return example, None
+
+
+def lm_loss(logits, tokens, loss_mask):
+    """Mean next-token cross-entropy over positions with loss_mask = 1. logits [B, T, V], tokens/mask [B, T]."""
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    m = loss_mask[:, :-1]
+    return (nll * m).sum() / jnp.maximum(m.sum(), 1.0), m.sum()
+
+
+class LMMethod:
+    def __init__(self, config, mesh):
+        self.config, self.mesh = config, mesh
+        mc = config.model
+        if mc.get("init_from"):
+            from hyperlora_jax.hf_load import load_model
+            self.model_cfg, self._init_params = load_model(mc.init_from)
+        else:
+            self.model_cfg, self._init_params = ModelConfig.from_hf_dict(dict(mc.hf_config)), None
+        self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
+        name = config.data.source
+        if name not in SOURCES:
+            raise ValueError(f"unknown data source {name!r} (known: {', '.join(sorted(SOURCES))})")
+        self.example, self.size = SOURCES[name](self.model_cfg, config.data, config.seed)
+
+    def fingerprint(self):
+        c = self.model_cfg
+        return {"method": "lm", "model_type": c.model_type, "hidden_size": c.hidden_size, "num_layers": c.num_layers,
+                "vocab_size": c.vocab_size, "intermediate_size": c.intermediate_size}
+
+    def init_trainable(self, rng):
+        if self._init_params is not None:
+            return jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), self._init_params)
+        return init_params(self.model_cfg, rng)
+
+    def frozen(self):
+        return {}
+
+    def loss(self, params, frozen, batch, rng):
+        seg = batch["segment_ids"]
+        pos = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
+        out = forward(params, self.model_cfg, batch["tokens"], positions=pos, segment_ids=seg, dtype=self.dtype,
+                      remat=self.config.get("remat", "none"))
+        loss, n = lm_loss(out["logits"], batch["tokens"], batch["loss_mask"])
+        return loss, {"loss": loss, "tokens": n}
+
+    def data_iterator(self, process_index, process_count):
+        return IndexedBatchIterator(self.example, self.size, self.config.batch_size, collate=stack,
+                                    seed=self.config.seed, process_index=process_index, process_count=process_count)
+
+    def flops_per_step(self, batch_tokens: int) -> float:
+        return 6.0 * self.model_cfg.num_params() * batch_tokens
