@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import importlib
 
-METHODS = {"lm": "hyperlora_jax.methods.lm:LMMethod"}
+METHODS = {"lm": "hyperlora_jax.methods.lm:LMMethod", "t2l": "hyperlora_jax.methods.t2l:T2LMethod",
+           "d2l": "hyperlora_jax.methods.d2l:D2LMethod"}
 
 
 def register(name: str, target: str):
