@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from hyperlora_jax.safetensors_io import SafetensorsError, SafetensorsFile
+
 __all__ = [
     "ACTIVATIONS",
     "BertConfig",
@@ -358,27 +360,15 @@ def bert_forward(params, config: BertConfig, input_ids, attention_mask=None, tok
 # Weights
 # --------------------------------------------------------------------------------------------------------------
 
-_ST_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
-}
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a ``.safetensors`` file into NumPy arrays (bfloat16 via ml_dtypes; memory-mapped, read-only)."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _ST_DTYPES:
-            raise BertWeightsError(f"{path}: tensor {name!r} has unsupported safetensors dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        out[name] = data[start:end].view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
-    return out
+    """Read a ``.safetensors`` file into read-only memory-mapped NumPy arrays (the project's strict reader)."""
+    try:
+        f = SafetensorsFile(os.fspath(path))
+        return {k: f.get(k) for k in f.keys()}
+    except SafetensorsError as e:
+        raise BertWeightsError(str(e)) from None
 
 
 def _weight_files(path: str | os.PathLike) -> list[str]:
