@@ -62,6 +62,14 @@ class LMMethod:
         else:
             self.model_cfg, self._init_params = ModelConfig.from_hf_dict(dict(mc.hf_config)), None
         self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
+        self.tokenizer_dir = config.data.get("tokenizer", "")
+        if not self.tokenizer_dir and config.data.source == "toy_niah":
+            import tempfile
+
+            from hyperlora_jax.tiny import build_char_tokenizer
+            self.tokenizer_dir = tempfile.mkdtemp(prefix="hyperlora-tok-")
+            build_char_tokenizer(self.tokenizer_dir)
+            config.data.tokenizer = self.tokenizer_dir
         name = config.data.source
         if name not in SOURCES:
             raise ValueError(f"unknown data source {name!r} (known: {', '.join(sorted(SOURCES))})")
@@ -85,8 +93,8 @@ class LMMethod:
         pos = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
         out = forward(params, self.model_cfg, batch["tokens"], positions=pos, segment_ids=seg, dtype=self.dtype,
                       remat=self.config.get("remat", "none"))
-        loss, n = lm_loss(out["logits"], batch["tokens"], batch["loss_mask"])
-        return loss, {"loss": loss, "tokens": n}
+        loss, _ = lm_loss(out["logits"], batch["tokens"], batch["loss_mask"])
+        return loss, {"loss": loss, "tokens": (seg > 0).sum().astype(jnp.float32)}
 
     def data_iterator(self, process_index, process_count):
         return IndexedBatchIterator(self.example, self.size, self.config.batch_size, collate=stack,
@@ -94,3 +102,55 @@ class LMMethod:
 
     def flops_per_step(self, batch_tokens: int) -> float:
         return 6.0 * self.model_cfg.num_params() * batch_tokens
+
+    def final_evaluate(self, params, frozen, workdir):
+        """Exports the trained model as a Hugging Face directory (WORKDIR/<model.export_dir>) when configured."""
+        export = self.config.model.get("export_dir", "")
+        if not export or jax.process_index() != 0:
+            return None
+        import os
+        import shutil
+
+        from hyperlora_jax.hf_load import save_pretrained
+        out = os.path.join(workdir, export)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+
+        def tokenizer_files(tmp):
+            if self.tokenizer_dir:
+                for f in os.listdir(self.tokenizer_dir):
+                    shutil.copy(os.path.join(self.tokenizer_dir, f), os.path.join(tmp, f))
+        save_pretrained(jax.device_get(params), dict(self.config.model.hf_config), out,
+                        extra_files=[("tokenizer", tokenizer_files)])
+        return {"export_dir": out}
+
+
+@source("toy_niah")
+def toy_niah_source(cfg: ModelConfig, data_cfg, seed: int):
+    """Chat-formatted toy NIAH: user = document + question, assistant = the number. Loss on the document (weight
+    ``data.doc_loss_weight``) and on the answer (weight 1). Document lengths are uniform in
+    [data.min_doc_len, data.max_doc_len]; rows are right-padded to data.seq_len."""
+    from transformers import AutoTokenizer
+
+    from hyperlora_jax.toy.niah import make_example
+    tok = AutoTokenizer.from_pretrained(data_cfg.tokenizer)
+    doc_w = float(data_cfg.get("doc_loss_weight", 0.1))
+
+    def example(i):
+        rng = np.random.default_rng([seed, i, 7])
+        length = int(rng.integers(data_cfg.min_doc_len, data_cfg.max_doc_len + 1))
+        ex = make_example(seed, i, length)
+        prompt = tok.apply_chat_template([{"role": "user", "content": ex.document + "\n\n" + ex.question}],
+                                         add_generation_prompt=True, tokenize=True, return_dict=False)
+        answer = tok(ex.answer + tok.eos_token, add_special_tokens=False)["input_ids"]
+        ids = list(prompt) + list(answer)
+        if len(ids) > data_cfg.seq_len:
+            raise ValueError(f"toy_niah example of {len(ids)} tokens exceeds seq_len {data_cfg.seq_len}")
+        n = len(ids)
+        tokens = np.zeros(data_cfg.seq_len, np.int32)
+        tokens[:n] = ids
+        mask = np.zeros(data_cfg.seq_len, np.float32)
+        mask[:len(prompt) - 1] = doc_w                 # predicting the document/question tokens
+        mask[len(prompt) - 1:n - 1] = 1.0              # predicting the answer and eos
+        return {"tokens": tokens, "loss_mask": mask, "segment_ids": (np.arange(data_cfg.seq_len) < n).astype(np.int32)}
+    return example, None

@@ -1,0 +1,151 @@
+"""Text-to-LoRA hypernetwork training (method 't2l'; spec T2L.md §7 SFT, §8 reconstruction).
+
+Presets (``--config=configs/t2l.py:PRESET``):
+  llama    Llama-3.1-8B-Instruct, T2L-L latent 512 / head_in 2048 (scripts/train_t2l_llama.sh)
+  mistral  Mistral-7B-Instruct-v0.2, T2L-L latent 128 / head_in 512 (train_t2l_mistral.sh: the defaults)
+  gemma    gemma-2-2b-it, T2L-L latent 512 / head_in 2048 (train_t2l_gemma.sh)
+  tiny     the tests' tiny llama (tests/data/t2l/base_model_llama) + tiny BERT encoder, 4 toy tasks in the config;
+           trains on one CPU in seconds (used by tests/test_t2l_method.py)
+  tiny_recon  the same sizes in reconstruction mode; set data.tasks.<name>.oracle_lora to PEFT directories
+
+The published presets carry the effective hyperparameters of the released runs (spec §7.4): lr 2.5e-5, linear
+schedule with 20 % warm-up over 20000 x 59 = 1,180,000 steps, AdamW (0.9, 0.999, 1e-8) weight decay 1e-2, clip 1.0,
+batch 8 = 8 distinct tasks x 1 example, 128 descriptions per task, label smoothing 0.1, L2 on the generated A/B 1e-3,
+NEFTune alpha 5, hypernet dropout 0.05, LoRA r 8 / alpha 16 on q_proj, v_proj, rsLoRA scale, seq_len 512, seed 42.
+Paths (model.model_dir, encoder.model_dir or encoder.embeddings_file, data.tasks_file) are placeholders to set.
+
+Known differences from the reference (see hyperlora_jax/methods/t2l.py): LoRA-input dropout (0.05) is not applied,
+and the shared optimizer exempts biases/norms/embeddings from weight decay where the reference decays everything.
+The released encoder gte-large-en-v1.5 (NewModel) is not ported: precompute its embeddings into
+encoder.embeddings_file ([n_descriptions, 1024] .npy, rows in the source's description order) or use a BERT encoder.
+"""
+import os
+
+import ml_collections
+
+_HERE = os.path.dirname(os.path.abspath(globals().get("__file__", os.path.join(os.getcwd(), "configs", "t2l.py"))))
+TEST_T2L = os.path.join(os.path.dirname(_HERE), "tests", "data", "t2l")
+
+BASES = {  # preset: (model id, latent, head_in, system turn with the model's own chat template)
+    "llama": ("meta-llama/Llama-3.1-8B-Instruct", 512, 2048, True),
+    "mistral": ("mistralai/Mistral-7B-Instruct-v0.2", 128, 512, False),
+    "gemma": ("google/gemma-2-2b-it", 512, 2048, False),
+}
+
+TINY_TASKS = {
+    "uppercase": {
+        "descriptions": ("Convert the given text into upper case letters",
+                         "Rewrite the input using only capital letters",
+                         "Answer with the same words written in upper case"),
+        "examples": (("hello world", "HELLO WORLD"), ("good day", "GOOD DAY"), ("red cat", "RED CAT"),
+                     ("blue sky", "BLUE SKY"), ("jax is fun", "JAX IS FUN"), ("one two", "ONE TWO")),
+    },
+    "reverse": {
+        "descriptions": ("Reverse the order of the characters of the input",
+                         "Write the given word backwards",
+                         "Answer with the input string reversed"),
+        "examples": (("abc", "cba"), ("hello", "olleh"), ("jax", "xaj"), ("lora", "arol"), ("tiny", "ynit"),
+                     ("model", "ledom")),
+    },
+    "double": {
+        "descriptions": ("Repeat the given word two times",
+                         "Answer with the input written twice",
+                         "Say the word and then say it again"),
+        "examples": (("cat", "cat cat"), ("dog", "dog dog"), ("sun", "sun sun"), ("tree", "tree tree"),
+                     ("blue", "blue blue"), ("fish", "fish fish")),
+    },
+    "count": {
+        "descriptions": ("Count the letters of the word and answer with the number",
+                         "How many characters does the input have",
+                         "Reply with the length of the given word"),
+        "examples": (("cat", "3"), ("hello", "5"), ("jax", "3"), ("tree", "4"), ("models", "6"), ("a", "1")),
+    },
+}
+
+
+def _common():
+    c = ml_collections.ConfigDict()
+    c.method = "t2l"
+    c.seed = 42
+    c.batch_size = 8
+    c.grad_accum_steps = 1
+    c.num_train_steps = 20000 * 59
+    c.learning_rate = 2.5e-5
+    c.warmup_steps = int(0.2 * c.num_train_steps)
+    c.schedule = "linear"
+    c.end_lr_factor = 0.0
+    c.weight_decay = 1e-2
+    c.adam_b1, c.adam_b2, c.adam_eps = 0.9, 0.999, 1e-8
+    c.max_grad_norm = 1.0
+    c.compute_dtype = "bfloat16"
+    c.remat = "none"
+    c.distributed = "none"
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 10000
+    c.keep_checkpoints = 3
+    c.async_checkpoints = True
+    c.eval_every_steps = 0
+    c.best_metric = ""
+    c.best_mode = "min"
+    c.step_delay_s = 0.0
+
+    c.model = ml_collections.ConfigDict({"model_dir": "/path/to/base_model", "tokenizer_dir": "",
+                                         "param_dtype": "bfloat16"})
+    c.encoder = ml_collections.ConfigDict({"model_dir": "/path/to/gte-large-en-v1.5", "pooling": "cls",
+                                           "embeddings_file": "", "batch_size": 64})
+    c.t2l = ml_collections.ConfigDict({
+        "mode": "sft", "variant": "L", "latent_size": 512, "head_in_size": 2048, "r": 8, "lora_alpha": 16.0,
+        "target_modules": ("q_proj", "v_proj"), "dropout_rate": 0.05, "scale": "rslora"})
+    c.sft = ml_collections.ConfigDict({"label_smoothing": 0.1, "l2_reg_generated_w": 1e-3,
+                                       "neftune_noise_alpha": 5.0, "lora_dropout": 0.05})
+    c.recon = ml_collections.ConfigDict({"target": "factorized", "z_score": False, "delta_w_scaling": 10000.0})
+    c.data = ml_collections.ConfigDict({
+        "source": "in_memory", "tasks_file": "/path/to/t2l_tasks.json", "tasks": ml_collections.ConfigDict(),
+        "n_tasks_per_batch": 8, "n_descs_per_task": 128, "seq_len": 512, "system_turn": True, "chat_template": ""})
+    return c
+
+
+def _tiny(c):
+    c.seed = 0
+    c.batch_size = 4
+    c.num_train_steps = 12
+    c.learning_rate = 3e-3
+    c.warmup_steps = 1
+    c.schedule = "constant"
+    c.compute_dtype = "float32"
+    c.log_every_steps = 1
+    c.checkpoint_every_steps = 0
+    c.async_checkpoints = False
+    c.model.model_dir = os.path.join(TEST_T2L, "base_model_llama")
+    c.model.param_dtype = "float32"
+    c.encoder.model_dir = os.path.join(TEST_T2L, "tiny_gte_bert")
+    c.t2l.latent_size, c.t2l.head_in_size = 32, 32
+    c.sft.lora_dropout = 0.0
+    c.data.tasks_file = ""
+    c.data.tasks = ml_collections.ConfigDict({k: dict(v) for k, v in TINY_TASKS.items()})
+    c.data.n_tasks_per_batch = 4
+    c.data.n_descs_per_task = 0
+    c.data.seq_len = 64
+    return c
+
+
+def get_config(preset: str = "tiny"):
+    c = _common()
+    if preset in BASES:
+        name, latent, head, system_turn = BASES[preset]
+        c.model.model_dir = f"/path/to/{name.split('/')[-1]}"
+        c.t2l.latent_size, c.t2l.head_in_size = latent, head
+        c.data.system_turn = system_turn
+        return c
+    if preset == "tiny":
+        return _tiny(c)
+    if preset == "tiny_recon":
+        c = _tiny(c)
+        c.t2l.mode = "recon"
+        c.learning_rate = 1e-3
+        c.recon.delta_w_scaling = 1.0
+        for k in TINY_TASKS:
+            c.data.tasks[k].oracle_lora = ""
+        return c
+    raise ValueError(f"unknown preset {preset!r} for configs/t2l.py ({', '.join(list(BASES) + ['tiny', 'tiny_recon'])})")

@@ -1,0 +1,38 @@
+"""Pretrains the toy base model (method 'lm') on toy NIAH with the haystack in context, within its native window.
+
+  python -m hyperlora_jax.train --config=configs/toy_base.py --workdir=/tmp/toy_base
+
+At the end the model is exported as a Hugging Face directory (WORKDIR/export, with the character-level tokenizer
+of hyperlora_jax.tiny.build_char_tokenizer): that directory is the checkpoint shipped in hyperlora_jax/assets/toy_base.
+"""
+import ml_collections
+
+from hyperlora_jax.config_defaults import trainer_defaults
+
+WINDOW = 128  # the native window W (max_position_embeddings)
+
+
+def get_config(preset: str = "default"):
+    c = trainer_defaults()
+    c.method = "lm"
+    c.num_train_steps = 2000
+    c.batch_size = 32
+    c.learning_rate = 2e-3
+    c.warmup_steps = 100
+    c.weight_decay = 0.01
+    c.log_every_steps = 25
+    c.checkpoint_every_steps = 250
+    c.model = ml_collections.ConfigDict()
+    c.model.init_from = ""
+    c.model.export_dir = "export"
+    c.model.hf_config = {"model_type": "llama", "vocab_size": 107, "hidden_size": 96, "intermediate_size": 256,
+                         "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 24,
+                         "max_position_embeddings": WINDOW, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+                         "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 4, "pad_token_id": 5}
+    c.data = ml_collections.ConfigDict({"source": "toy_niah", "seq_len": WINDOW, "min_doc_len": 32,
+                                        "max_doc_len": WINDOW - 60, "doc_loss_weight": 0.1, "tokenizer": ""})
+    if preset == "smoke":
+        c.num_train_steps, c.batch_size, c.log_every_steps, c.checkpoint_every_steps = 10, 8, 1, 5
+    elif preset != "default":
+        raise ValueError(f"unknown preset {preset!r} for configs/toy_base.py (default, smoke)")
+    return c

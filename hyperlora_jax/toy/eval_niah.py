@@ -1,0 +1,51 @@
+"""Toy NIAH evaluation of a base model: exact-match accuracy by length, with the document in context or without it.
+
+``length`` is the number of tokens of the in-context prompt (chat template + document + question), so a length of
+W fills the base model's native window exactly; the document of that example has ``length - overhead`` tokens.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hyperlora_jax.generation import generate
+from hyperlora_jax.toy.niah import QUESTION, make_example
+
+
+def chat_ids(tok, content: str) -> list[int]:
+    ids = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True,
+                                  return_dict=False)
+    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+
+def prompt_overhead(tok) -> int:
+    """Tokens an in-context prompt adds around the document."""
+    return len(chat_ids(tok, "\n\n" + QUESTION))
+
+
+def examples_for_length(tok, length: int, n: int, seed: int):
+    doc_len = length - prompt_overhead(tok)
+    return [make_example(seed, i, doc_len) for i in range(n)]
+
+
+def answers_match(tok, outputs, examples) -> list[bool]:
+    return [tok.decode(o, skip_special_tokens=True).strip() == e.answer for o, e in zip(outputs, examples)]
+
+
+def accuracy(params, cfg, tok, examples, mode: str, *, adapter=None, batch_size: int = 16, max_new_tokens: int = 6):
+    """mode: 'in_context' (document + question in the prompt) or 'no_context' (question only, optional adapter)."""
+    hits = []
+    for s in range(0, len(examples), batch_size):
+        chunk = examples[s:s + batch_size]
+        if mode == "in_context":
+            prompts = [chat_ids(tok, e.document + "\n\n" + e.question) for e in chunk]
+        else:
+            prompts = [chat_ids(tok, e.question) for e in chunk]
+        ad = None
+        if adapter is not None:
+            from hyperlora_jax.lora import Adapter
+            ad = Adapter({m: a[:, s:s + len(chunk)] for m, a in adapter.A.items()},
+                         {m: b[:, s:s + len(chunk)] for m, b in adapter.B.items()}, adapter.scale[s:s + len(chunk)])
+        out = generate(params, cfg, prompts, adapter=ad, max_new_tokens=max_new_tokens,
+                       stop_tokens=list(cfg.eos_token_ids) + [tok.eos_token_id])
+        hits += answers_match(tok, out, chunk)
+    return float(np.mean(hits))
