@@ -1,6 +1,7 @@
 """Converts official checkpoints into the project's own formats.
 
     python -m hyperlora_jax.convert t2l SRC_RUN_DIR DST_DIR [--overwrite] [--module-order q_proj,v_proj]
+    python -m hyperlora_jax.convert d2l SRC_CHECKPOINT_DIR DST_DIR [--overwrite] [--chunk-tokens N]
 
 Each method is one subcommand: a function ``_add_<name>(subparsers)`` that declares its arguments and sets
 ``func`` to a handler ``(args) -> str`` (a one-line summary). Adding a method = one more ``_add_*`` in ``COMMANDS``.
@@ -47,7 +48,32 @@ def _add_t2l(sub):
     p.set_defaults(func=_run_t2l)
 
 
-COMMANDS = (_add_t2l,)
+# --------------------------------------------------------------------------------------------------- d2l
+def _run_d2l(args) -> str:
+    from hyperlora_jax.d2l import checkpoint
+
+    check_destination(args.dst, args.overwrite)
+    params, cfg, meta = checkpoint.import_reference(args.src, chunk_tokens=args.chunk_tokens)
+    checkpoint.save(args.dst, params, cfg, meta, overwrite=args.overwrite)
+    extra = f", layer_idx={meta.layer_idx}" if meta.layer_idx is not None else ""
+    chunk = meta.chunk_tokens if meta.chunk_tokens is not None else "base max_position_embeddings"
+    return (f"D2L {cfg.ctx_encoder_type}{extra}: {cfg.n_layers} layers, modules {','.join(cfg.target_modules)}, "
+            f"r={cfg.r}, alpha={cfg.alpha:g}, chunk tokens {chunk}, base model {meta.base_model} -> {args.dst}")
+
+
+def _add_d2l(sub):
+    p = sub.add_parser("d2l", help="Doc-to-LoRA checkpoint-N directory (pytorch_model.bin; args.yaml there or one "
+                                   "level up)")
+    p.add_argument("src", help="reference checkpoint directory holding pytorch_model.bin")
+    p.add_argument("dst", help="output directory (config.json + params.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
+    p.add_argument("--chunk-tokens", type=int, default=None,
+                   help="nominal context chunk length to record (default: args.yaml max_ctx_chunk_len, else the "
+                        "base model's max_position_embeddings at use time)")
+    p.set_defaults(func=_run_d2l)
+
+
+COMMANDS = (_add_t2l, _add_d2l)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,53 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 
+class ExampleStream:
+    """Global stream position i -> example index: epoch e = i // size visits the source in the permutation
+    ``np.random.default_rng([seed, e]).permutation(size)`` (in order if not shuffling; identity if size is None)."""
+
+    def __init__(self, size: int | None, seed: int = 0, shuffle: bool = True):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self._perm_epoch, self._perm = None, None
+
+    def __call__(self, i: int) -> int:
+        if self.size is None:
+            return i
+        epoch, j = divmod(i, self.size)
+        if not self.shuffle:
+            return j
+        if self._perm_epoch != epoch:
+            self._perm_epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.size)
+        return int(self._perm[j])
+
+
+class HierarchicalTaskOrder:
+    """T2L's hierarchical sampler (spec 7.1) as a stream: each "epoch" permutes the tasks and cuts them into groups of
+    ``tasks_per_batch`` (remainder dropped); stream positions [b·G, (b+1)·G) (G = tasks_per_batch·points_per_task) are
+    ``points_per_task`` uniformly random examples of each task of group b. ``task_sizes[t]`` examples of task t sit at
+    source indices ``offsets[t] ..``. Infinite; a pure function of (seed, position).
+    """
+
+    def __init__(self, task_sizes, tasks_per_batch: int = 8, points_per_task: int = 1, seed: int = 0):
+        self.sizes = np.asarray(task_sizes, np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+        valid = np.nonzero(self.sizes > 0)[0]
+        if len(valid) < tasks_per_batch:
+            raise ValueError(f"{len(valid)} non-empty tasks, fewer than tasks_per_batch={tasks_per_batch}")
+        self.valid, self.tpb, self.ppt, self.seed = valid, tasks_per_batch, points_per_task, seed
+        self.groups_per_epoch = len(valid) // tasks_per_batch
+        self._epoch, self._perm = None, None
+
+    def __call__(self, i: int) -> int:
+        per_batch = self.tpb * self.ppt
+        b, j = divmod(i, per_batch)
+        epoch, g = divmod(b, self.groups_per_epoch)
+        if self._epoch != epoch:
+            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, 1, epoch]).permutation(self.valid)
+        task = int(self._perm[g * self.tpb + j // self.ppt])
+        k = int(np.random.default_rng([self.seed, 2, i]).integers(self.sizes[task]))
+        return int(self.offsets[task] + k)
+
+
 class IndexedBatchIterator:
     """Yields host-local batches (dict of numpy arrays with a leading row axis).
 
@@ -30,17 +77,10 @@ class IndexedBatchIterator:
         self.collate, self.seed, self.shuffle = collate, seed, shuffle
         self.process_index, self.process_count = process_index, process_count
         self.next_batch = 0
-        self._perm_epoch, self._perm = None, None
+        self._stream = ExampleStream(size, seed, shuffle)
 
     def stream_index(self, i: int) -> int:
-        if self.size is None:
-            return i
-        epoch, j = divmod(i, self.size)
-        if not self.shuffle:
-            return j
-        if self._perm_epoch != epoch:
-            self._perm_epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.size)
-        return int(self._perm[j])
+        return self._stream(i)
 
     def local_indices(self, batch: int) -> list[int]:
         per = self.global_batch // self.process_count
