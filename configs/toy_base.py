@@ -25,12 +25,12 @@ def get_config(preset: str = "default"):
     c.model = ml_collections.ConfigDict()
     c.model.init_from = ""
     c.model.export_dir = "export"
-    c.model.hf_config = {"model_type": "llama", "vocab_size": 107, "hidden_size": 96, "intermediate_size": 256,
+    c.model.hf_config = {"model_type": "llama", "vocab_size": 108, "hidden_size": 96, "intermediate_size": 256,
                          "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 24,
                          "max_position_embeddings": WINDOW, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
                          "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 4, "pad_token_id": 5}
     c.data = ml_collections.ConfigDict({"source": "toy_niah", "seq_len": WINDOW, "min_doc_len": 32,
-                                        "max_doc_len": WINDOW - 60, "doc_loss_weight": 0.1, "tokenizer": ""})
+                                        "max_doc_len": WINDOW - 24, "doc_loss_weight": 0.1, "tokenizer": ""})
     if preset == "smoke":
         c.num_train_steps, c.batch_size, c.log_every_steps, c.checkpoint_every_steps = 10, 8, 1, 5
     elif preset != "default":

@@ -12,13 +12,16 @@ import string
 
 import jax
 
-NAME = "tiny-random-llama-v1"
-SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
-            "<pad>", "<unk>"]
+NAME = "tiny-random-llama-v2"
+SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|user|>", "<|assistant|>", "<|eot_id|>", "<pad>", "<unk>",
+            "<|system|>"]
+# A compact chat template (one special token per role) so that the toy world's native window is mostly document.
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' }}"
-    "{{ m['content'] | trim + '<|eot_id|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{% if m['content'] %}<|system|>{{ m['content'] }}<|eot_id|>{% endif %}"
+    "{% elif m['role'] == 'user' %}<|user|>{{ m['content'] }}<|eot_id|>"
+    "{% else %}<|assistant|>{{ m['content'] }}<|eot_id|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
 def home() -> str:

@@ -64,4 +64,4 @@ def test_generate_cli_chat(model_dir):
 def test_embedded_default(tmp_path):
     lines = run("hyperlora_jax.generate", "--prompt", "Hello", "--max-new-tokens", "5", home=str(tmp_path))
     assert len(json.loads(lines[-1])["tokens"]) <= 5
-    assert os.path.isfile(tmp_path / "tiny-random-llama-v1" / "model.safetensors")
+    assert os.path.isfile(tmp_path / "tiny-random-llama-v2" / "model.safetensors")

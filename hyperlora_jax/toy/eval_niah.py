@@ -1,7 +1,8 @@
 """Toy NIAH evaluation of a base model: exact-match accuracy by length, with the document in context or without it.
 
-``length`` is the number of tokens of the in-context prompt (chat template + document + question), so a length of
-W fills the base model's native window exactly; the document of that example has ``length - overhead`` tokens.
+``length`` is the number of tokens of the whole in-context sequence (chat template + document + question + the
+4-digit answer and its end token), so a length of W fills the base model's native window exactly; the document of
+that example has ``length - overhead - ANSWER_TOKENS`` tokens.
 """
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ def prompt_overhead(tok) -> int:
     return len(chat_ids(tok, "\n\n" + QUESTION))
 
 
+ANSWER_TOKENS = 5  # four digits and the end-of-turn token
+
+
 def examples_for_length(tok, length: int, n: int, seed: int):
-    doc_len = length - prompt_overhead(tok)
+    doc_len = length - prompt_overhead(tok) - ANSWER_TOKENS
     return [make_example(seed, i, doc_len) for i in range(n)]
 
 

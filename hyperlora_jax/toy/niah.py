@@ -15,7 +15,7 @@ WORDS = ("the sky was grey and the river ran slow past old stone walls where mos
          "a small bird sang near the quiet farm while cold wind moved dry leaves over the hill "
          "people walked along the road to the market with bread fish and warm tea in baskets "
          "light rain fell on green fields and tall trees bent under heavy clouds at dusk").split()
-QUESTION = "what is the magic number?"
+QUESTION = "magic number?"
 
 
 @dataclasses.dataclass(frozen=True)
