@@ -143,7 +143,7 @@ def get_config(preset: str = "tiny"):
     if preset == "tiny_recon":
         c = _tiny(c)
         c.t2l.mode = "recon"
-        c.learning_rate = 1e-3
+        c.learning_rate = 1e-2
         c.recon.delta_w_scaling = 1.0
         for k in TINY_TASKS:
             c.data.tasks[k].oracle_lora = ""
