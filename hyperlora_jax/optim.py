@@ -36,11 +36,12 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(lambda p, x: not NO_DECAY.search(path_str(p)) and x.ndim > 1, params)
 
 
-def make_optimizer(cfg) -> optax.GradientTransformation:
+def make_optimizer(cfg, decay_mask_fn=None) -> optax.GradientTransformation:
+    """decay_mask_fn: params -> pytree of bools (True = decayed); a method's own exclusions, default ``decay_mask``."""
     parts = []
     if cfg.get("max_grad_norm", 0.0):
         parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
     parts.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.get("adam_b1", 0.9), b2=cfg.get("adam_b2", 0.999),
                              eps=cfg.get("adam_eps", 1e-8), weight_decay=cfg.get("weight_decay", 0.0),
-                             mask=decay_mask))
+                             mask=decay_mask_fn or decay_mask))
     return optax.chain(*parts)

@@ -149,7 +149,7 @@ def run(config, workdir: str) -> dict:
                          f"{jax.process_count()} processes")
 
     # ----- optimizer and sharded init ----------------------------------------------------------------------------
-    tx = make_optimizer(config)
+    tx = make_optimizer(config, getattr(method, "decay_mask", None))
 
     def init_state(rng):
         params = method.init_trainable(rng)

@@ -315,6 +315,10 @@ class T2LMethod:
                 "target_modules": ",".join(c.target_modules), "base_model_type": m.model_type,
                 "base_hidden_size": m.hidden_size, "base_num_layers": m.num_layers}
 
+    def decay_mask(self, params):
+        """The reference (HF Trainer over the hypernetwork) decays every hypernetwork parameter."""
+        return jax.tree_util.tree_map(lambda x: True, params)
+
     def init_trainable(self, rng):
         params = hn.init_params(self.hcfg, rng)
         if self.mode == "recon":  # reference recon runs: heads keep torch's default Linear init
