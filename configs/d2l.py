@@ -1,0 +1,67 @@
+"""Doc-to-LoRA training (method 'd2l').
+
+  python -m hyperlora_jax.train --config=configs/d2l.py:PRESET --workdir=W [--config.key=value ...]
+
+Presets:
+  toy             the embedded toy world: NIAH on the shipped toy base (window W = 128), CE objective, chunking;
+                  ends with the NIAH table (no context / in context / D2L at W/2 .. 8W) in W/eval/results.json.
+  gemma2_2b       main experiment, stage 1 (per_layer_activations, down_proj r=8, perceiver 8 latents x 9 blocks,
+                  context distillation with top-16, L1 0.1, NEFTune 5, lr 4e-5 cosine, 80k steps, grad-accum 8).
+  gemma2_2b_niah  NIAH (early_exit at L//4, 208 latents x 8 blocks, CE, L1 1.5, NEFTune 0, grad-accum 16).
+  mistral_7b, qwen3_4b   the main experiment on those base models (same hyperparameters).
+The published presets need model.base_model (a local HF directory) and a d2l_qa data source (see the data issue);
+paths are placeholders to override on the command line.
+"""
+import ml_collections
+
+from hyperlora_jax.config_defaults import trainer_defaults
+
+
+def _common():
+    c = trainer_defaults()
+    c.method = "d2l"
+    c.model = ml_collections.ConfigDict(dict(
+        base_model="", ctx_encoder_type="per_layer_activations", layer_idx=0, target_modules=("down_proj",), r=8,
+        latent_size=512, n_latent_queries=8, num_blocks=9, num_pre_head_layers=1, n_heads=16, head_dim=128,
+        num_kv_heads=4, chunk_group=1))
+    c.loss = ml_collections.ConfigDict(dict(kind="kd", top_k=16, l1_coef=0.1, neftune_alpha=5.0))
+    c.data = ml_collections.ConfigDict(dict(source="d2l_qa", chunk_tokens=512, max_chunks=1, chunk_probs=(1.0,),
+                                            query_len=2048, min_doc_len=25))
+    c.eval = ml_collections.ConfigDict(dict(lengths=(), n=100, seed=1234, batch_size=8))
+    # the references' optimiser: AdamW lr 4e-5, cosine to 1e-7 after 100 warm-up steps, weight decay 0.01
+    c.learning_rate, c.warmup_steps, c.schedule, c.end_lr_factor = 4e-5, 100, "cosine", 1e-7 / 4e-5
+    c.weight_decay, c.max_grad_norm = 0.01, 1.0
+    c.compute_dtype = "bfloat16"
+    c.seed = 42
+    c.checkpoint_every_steps, c.keep_checkpoints, c.log_every_steps = 5000, 2, 100
+    return c
+
+
+def get_config(preset: str = "toy"):
+    c = _common()
+    if preset == "toy":
+        c.model.update(dict(ctx_encoder_type="early_exit", layer_idx=2, r=8, latent_size=64, n_latent_queries=16,
+                            num_blocks=2, n_heads=4, head_dim=16, num_kv_heads=2))
+        c.loss.update(dict(kind="ce", l1_coef=0.0, neftune_alpha=0.0))
+        c.data.update(dict(source="toy_niah", chunk_tokens=64, max_chunks=4, chunk_probs=(0.4, 0.2, 0.2, 0.2),
+                           query_len=24, min_doc_len=32))
+        c.eval.update(dict(lengths=(64, 128, 256, 512, 1024), n=32, seed=1234, batch_size=16))
+        c.compute_dtype = "float32"
+        c.seed = 0
+        c.num_train_steps, c.batch_size = 600, 16
+        c.learning_rate, c.warmup_steps, c.end_lr_factor = 1e-3, 50, 0.1
+        c.checkpoint_every_steps, c.keep_checkpoints, c.log_every_steps = 200, 2, 20
+    elif preset in ("gemma2_2b", "mistral_7b", "qwen3_4b"):
+        c.model.base_model = {"gemma2_2b": "/path/to/gemma-2-2b-it", "mistral_7b": "/path/to/Mistral-7B-Instruct-v0.2",
+                              "qwen3_4b": "/path/to/Qwen3-4B-Instruct-2507"}[preset]
+        c.num_train_steps, c.batch_size, c.grad_accum_steps = 80_000, 8, 8
+    elif preset == "gemma2_2b_niah":
+        c.model.base_model = "/path/to/gemma-2-2b-it"
+        c.model.update(dict(ctx_encoder_type="early_exit", layer_idx=0, n_latent_queries=208, num_blocks=8))
+        c.loss.update(dict(kind="ce", l1_coef=1.5, neftune_alpha=0.0))
+        c.data.update(dict(source="niah", max_chunks=8, chunk_probs=(0.5, 0.125) + (0.0625,) * 6))
+        c.seed, c.grad_accum_steps, c.batch_size, c.num_train_steps = 1, 16, 16, 20_000
+    else:
+        raise ValueError(f"unknown preset {preset!r} for configs/d2l.py "
+                         "(toy, gemma2_2b, gemma2_2b_niah, mistral_7b, qwen3_4b)")
+    return c

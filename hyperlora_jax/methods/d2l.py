@@ -1,0 +1,173 @@
+"""Doc-to-LoRA training as a trainer plug-in (method ``d2l``).
+
+Per example: one document (as up to ``data.max_chunks`` template-wrapped chunks) and one query turn + response.
+
+    ctx chunks [B, K, T] ──frozen context encoder──▶ features ──hypernetwork (trainable)──▶ per-chunk LoRAs
+        └─ combine along rank (padded chunk slots get chunk scaler 0) ──▶ Adapter, one row per document
+    query + response [B, Tq] ──frozen base model + Adapter (no document in context)──▶ student logits
+
+Objectives (``loss.kind``):
+  ce    next-token cross-entropy on the response tokens (the reference's NIAH objective);
+  kd    context distillation: teacher = the frozen base model WITH the document in context (``teacher_tokens``),
+        computed on the fly; loss = − Σ_{j ∈ teacher top-k} p_teacher(j) · log_softmax(student)_j on response tokens
+        (unrenormalised top-k, k = ``loss.top_k``).
+Reductions: mean over each response's tokens, then mean over documents (one response per document here, which is
+the reference's per-context averaging with ``max_qas_per_sample = 1``). Plus ``loss.l1_coef`` × the reference's L1
+on the combined adapters (mean over modules of mean |A| + mean |B|, bias block and padding included).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperlora_jax.data.iterators import IndexedBatchIterator, stack
+from hyperlora_jax.model import forward
+
+
+def response_logprobs(logits, tokens, mask):
+    """Per-position log p(next token) [B, T-1] and the matching mask."""
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0], mask[:, :-1]
+
+
+def per_doc_mean(values, mask):
+    """Mean over each row's masked positions, then over rows that have any. values/mask [B, T]."""
+    tok = mask.sum(axis=1)
+    row = (values * mask).sum(axis=1) / jnp.maximum(tok, 1.0)
+    has = (tok > 0).astype(jnp.float32)
+    return (row * has).sum() / jnp.maximum(has.sum(), 1.0)
+
+
+def l1_of_adapter(adapter) -> jax.Array:
+    parts = [jnp.abs(adapter.A[m]).mean() + jnp.abs(adapter.B[m]).mean() for m in adapter.modules]
+    return sum(parts) / len(parts)
+
+
+def kd_loss(student_logits, teacher_logits, s_idx, t_idx, valid, top_k: int):
+    """CE of the student against the teacher's unrenormalised top-k probabilities at aligned response positions.
+
+    *_logits [B, T*, V]; s_idx / t_idx [B, R] positions whose logits predict response token r; valid [B, R].
+    """
+    take = lambda lg, idx: jnp.take_along_axis(lg, idx[:, :, None], axis=1)  # [B, R, V]
+    s = jax.nn.log_softmax(take(student_logits, s_idx).astype(jnp.float32), axis=-1)
+    t = jax.nn.softmax(take(jax.lax.stop_gradient(teacher_logits), t_idx).astype(jnp.float32), axis=-1)
+    top_p, top_i = jax.lax.top_k(t, top_k)
+    ce = -(top_p * jnp.take_along_axis(s, top_i, axis=-1)).sum(-1)  # [B, R]
+    return per_doc_mean(ce, valid.astype(jnp.float32))
+
+
+class D2LMethod:
+    def __init__(self, config, mesh):
+        from hyperlora_jax.d2l.context import load_tokenizer, padded_chunk_len, template_affixes
+        from hyperlora_jax.d2l.hypernet import D2LHypernetConfig
+        from hyperlora_jax.hf_load import load_model
+        from hyperlora_jax.sharding import param_shardings
+
+        self.config, self.mesh = config, mesh
+        mc = config.model
+        base_dir = mc.base_model or _toy_base_dir()
+        self.base_dir = base_dir
+        self.base_cfg, base = load_model(base_dir)
+        self.base_params = jax.device_put(base, param_shardings(base, mesh))
+        self.tok = load_tokenizer(base_dir)
+        self.affixes = template_affixes(self.tok)
+        self.chunk_len = padded_chunk_len(config.data.chunk_tokens, self.affixes)
+        shapes = self.base_cfg.projection_shapes()
+        mods = tuple(sorted(mc.target_modules))
+        self.layer_idx = mc.get("layer_idx") or None
+        self.hyper_cfg = D2LHypernetConfig.create(
+            feature_size=self.base_cfg.hidden_size, n_layers=self.base_cfg.num_layers, r=mc.r,
+            d_in={m: shapes[m][0] for m in mods}, d_out={m: shapes[m][1] for m in mods},
+            ctx_encoder_type=mc.ctx_encoder_type, latent_size=mc.latent_size, n_latent_queries=mc.n_latent_queries,
+            num_blocks=mc.num_blocks, num_pre_head_layers=mc.get("num_pre_head_layers", 1),
+            n_heads=mc.n_heads, head_dim=mc.head_dim, num_key_value_heads=mc.num_kv_heads)
+        self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
+        from hyperlora_jax.methods.d2l_data import SOURCES
+        if config.data.source not in SOURCES:
+            raise ValueError(f"unknown d2l data source {config.data.source!r} (known: {', '.join(sorted(SOURCES))})")
+        self.example, self.size = SOURCES[config.data.source](self, config.data, config.seed)
+
+    # ----- plug-in interface -------------------------------------------------------------------------------
+    def fingerprint(self):
+        h = self.hyper_cfg
+        return {"method": "d2l", "base_layers": self.base_cfg.num_layers, "base_hidden": self.base_cfg.hidden_size,
+                "ctx_encoder_type": h.ctx_encoder_type, "r": h.r, "target_modules": list(h.target_modules),
+                "latent_size": h.latent_size}
+
+    def decay_mask(self, params):
+        """The reference's exclusions (spec 10.5): scalers, biases (incl. the bias LoRA), norms, latents."""
+        import re
+
+        from hyperlora_jax.sharding import path_str
+        skip = re.compile(r"(scaler|bias|norm|ln_|latents)", re.IGNORECASE)
+        return jax.tree_util.tree_map_with_path(lambda p, x: not skip.search(path_str(p)), params)
+
+    def init_trainable(self, rng):
+        from hyperlora_jax.d2l.hypernet import init_params
+        return init_params(self.hyper_cfg, rng)
+
+    def frozen(self):
+        return self.base_params
+
+    def adapter(self, hyper_params, base_params, ctx_ids, ctx_mask, n_chunks):
+        """Adapter [one row per document] from padded chunk slots ctx_ids/ctx_mask [B, K, T], n_chunks [B]."""
+        from hyperlora_jax.d2l.internalize import adapter_from_chunks
+        b, k, t = ctx_ids.shape
+        scalers = (jnp.arange(k)[None, :] < n_chunks[:, None]).astype(jnp.float32).reshape(b * k)
+        return adapter_from_chunks(hyper_params, base_params, ctx_ids.reshape(b * k, t), ctx_mask.reshape(b * k, t),
+                                   jnp.full((b,), k, jnp.int32), scalers, None, hyper_cfg=self.hyper_cfg,
+                                   base_cfg=self.base_cfg, layer_idx=self.layer_idx, max_chunks=k,
+                                   chunk_group=self.config.model.get("chunk_group", 1), dtype=self.dtype)
+
+    def loss(self, hyper_params, base_params, batch, rng):
+        adapter = self.adapter(hyper_params, base_params, batch["ctx_ids"], batch["ctx_mask"], batch["n_chunks"])
+        seg = batch["segment_ids"]
+        pos = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
+        emb = None
+        alpha = self.config.loss.get("neftune_alpha", 0.0)
+        if alpha:  # NEFTune: uniform noise ±α/√(T·d) on the student's input embeddings (before gemma's √H scale)
+            emb = base_params["embed_tokens"]["embedding"].astype(self.dtype)[batch["tokens"]]
+            t, d = emb.shape[1], emb.shape[2]
+            emb = emb + jax.random.uniform(rng, emb.shape, emb.dtype, -1.0, 1.0) * alpha / np.sqrt(t * d)
+            if self.base_cfg.embed_scale:
+                emb = emb * jnp.asarray(self.base_cfg.hidden_size ** 0.5, self.dtype)
+        out = forward(base_params, self.base_cfg, batch["tokens"], positions=pos, segment_ids=seg, adapter=adapter,
+                      dtype=self.dtype, remat=self.config.get("remat", "none"), embeddings=emb)
+        if self.config.loss.kind == "ce":
+            lp, m = response_logprobs(out["logits"], batch["tokens"], batch["loss_mask"])
+            task = per_doc_mean(-lp, m)
+        elif self.config.loss.kind == "kd":
+            tseg = batch["teacher_segment_ids"]
+            tpos = jnp.maximum(jnp.cumsum(tseg, axis=1) - 1, 0)
+            teacher = forward(base_params, self.base_cfg, batch["teacher_tokens"], positions=tpos, segment_ids=tseg,
+                              dtype=self.dtype)["logits"]
+            task = kd_loss(out["logits"], teacher, batch["student_idx"], batch["teacher_idx"], batch["resp_valid"],
+                           self.config.loss.top_k)
+        else:
+            raise ValueError(f"unknown loss.kind {self.config.loss.kind!r} (ce, kd)")
+        l1 = l1_of_adapter(adapter)
+        loss = task + self.config.loss.l1_coef * l1
+        return loss, {"loss": loss, "task_loss": task, "l1": l1, "tokens": (seg > 0).sum().astype(jnp.float32)}
+
+    def data_iterator(self, process_index, process_count):
+        return IndexedBatchIterator(self.example, self.size, self.config.batch_size, collate=stack,
+                                    seed=self.config.seed, process_index=process_index, process_count=process_count)
+
+    def flops_per_step(self, batch_tokens: float) -> float:
+        # frozen student: forward + backward through activations ≈ 4N per token (no weight gradients)
+        return 4.0 * self.base_cfg.num_params() * batch_tokens
+
+    def final_evaluate(self, hyper_params, frozen, workdir):
+        if not self.config.get("eval") or not self.config.eval.get("lengths"):
+            return None
+        from hyperlora_jax.methods.d2l_eval import evaluate_niah
+        return evaluate_niah(self, jax.device_get(hyper_params), workdir)
+
+
+def _toy_base_dir() -> str:
+    from hyperlora_jax.toy.assets import toy_base_dir
+    return toy_base_dir()

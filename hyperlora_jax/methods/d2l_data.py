@@ -1,0 +1,69 @@
+"""Example sources of the ``d2l`` method: ``source(i) -> dict`` of fixed-shape arrays (a pure function of (seed, i)).
+
+Every example holds one document as ``data.max_chunks`` chunk slots [K, T] (unused slots all padding, with
+``n_chunks`` the number used) and one chat-templated query turn + response [Tq] with the loss on the response.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SOURCES = {}
+
+
+def source(name):
+    def deco(fn):
+        SOURCES[name] = fn
+        return fn
+    return deco
+
+
+def chunk_slots(method, document: str, max_chunks: int):
+    """(ids [K, T], mask [K, T], n_chunks) of a document chunked as in internalization, padded to K slots."""
+    from hyperlora_jax.d2l.context import chunk_ids, tokenize_document
+    chunks = chunk_ids(tokenize_document(method.tok, document), method.config.data.chunk_tokens, method.affixes)
+    if len(chunks) > max_chunks:
+        raise ValueError(f"document needs {len(chunks)} chunks > data.max_chunks {max_chunks}")
+    ids = np.zeros((max_chunks, method.chunk_len), np.int32)
+    mask = np.zeros((max_chunks, method.chunk_len), np.int32)
+    for i, c in enumerate(chunks):
+        ids[i, :len(c)] = c
+        mask[i, :len(c)] = 1
+    return ids, mask, len(chunks)
+
+
+def query_row(method, question: str, answer: str, length: int):
+    """(tokens, loss_mask, segment_ids) [length] of ``chat(question)`` + answer + end of turn; loss on the answer."""
+    from hyperlora_jax.toy.eval_niah import chat_ids
+    prompt = chat_ids(method.tok, question)
+    ans = list(method.tok(answer + method.tok.eos_token, add_special_tokens=False)["input_ids"])
+    ids = prompt + ans
+    if len(ids) > length:
+        raise ValueError(f"query of {len(ids)} tokens exceeds data.query_len {length}")
+    tokens = np.zeros(length, np.int32)
+    tokens[:len(ids)] = ids
+    mask = np.zeros(length, np.float32)
+    mask[len(prompt) - 1:len(ids) - 1] = 1.0
+    return tokens, mask, (np.arange(length) < len(ids)).astype(np.int32)
+
+
+@source("toy_niah")
+def toy_niah(method, data_cfg, seed: int):
+    """Toy NIAH documents of 1..max_chunks chunks (``data.chunk_probs``), CE on the 4-digit answer."""
+    from hyperlora_jax.toy.niah import make_example
+    probs = np.asarray(data_cfg.chunk_probs, np.float64)
+    probs = probs / probs.sum()
+    c = data_cfg.chunk_tokens
+    overhead = len(method.affixes)
+    lo = max(data_cfg.get("min_doc_len", 32), 26)
+
+    def example(i):
+        rng = np.random.default_rng([seed, i, 11])
+        n = int(rng.choice(len(probs), p=probs)) + 1
+        hi = n * c - overhead
+        length = int(rng.integers(max(lo, (n - 1) * c - overhead + 1), max(hi, lo) + 1))
+        ex = make_example(seed + 1000, i, length)
+        ids, mask, k = chunk_slots(method, ex.document, data_cfg.max_chunks)
+        tokens, loss_mask, seg = query_row(method, ex.question, ex.answer, data_cfg.query_len)
+        return {"ctx_ids": ids, "ctx_mask": mask, "n_chunks": np.int32(k), "tokens": tokens, "loss_mask": loss_mask,
+                "segment_ids": seg}
+    return example, None
