@@ -14,14 +14,16 @@ batch 8 = 8 distinct tasks x 1 example, 128 descriptions per task, label smoothi
 NEFTune alpha 5, hypernet dropout 0.05, LoRA r 8 / alpha 16 on q_proj, v_proj, rsLoRA scale, seq_len 512, seed 42.
 Paths (model.model_dir, encoder.model_dir or encoder.embeddings_file, data.tasks_file) are placeholders to set.
 
-Known differences from the reference (see hyperlora_jax/methods/t2l.py): LoRA-input dropout (0.05) is not applied,
-and the shared optimizer exempts biases/norms/embeddings from weight decay where the reference decays everything.
+Known difference from the reference (see hyperlora_jax/methods/t2l.py): LoRA-input dropout (0.05) is not applied.
+Weight decay covers every hypernetwork parameter, as in the reference (T2LMethod.decay_mask).
 The released encoder gte-large-en-v1.5 (NewModel) is not ported: precompute its embeddings into
 encoder.embeddings_file ([n_descriptions, 1024] .npy, rows in the source's description order) or use a BERT encoder.
 """
 import os
 
 import ml_collections
+
+from hyperlora_jax.config_defaults import trainer_defaults
 
 _HERE = os.path.dirname(os.path.abspath(globals().get("__file__", os.path.join(os.getcwd(), "configs", "t2l.py"))))
 TEST_T2L = os.path.join(os.path.dirname(_HERE), "tests", "data", "t2l")
@@ -64,31 +66,18 @@ TINY_TASKS = {
 
 
 def _common():
-    c = ml_collections.ConfigDict()
+    c = trainer_defaults()
     c.method = "t2l"
     c.seed = 42
     c.batch_size = 8
-    c.grad_accum_steps = 1
     c.num_train_steps = 20000 * 59
     c.learning_rate = 2.5e-5
     c.warmup_steps = int(0.2 * c.num_train_steps)
     c.schedule = "linear"
-    c.end_lr_factor = 0.0
     c.weight_decay = 1e-2
-    c.adam_b1, c.adam_b2, c.adam_eps = 0.9, 0.999, 1e-8
-    c.max_grad_norm = 1.0
     c.compute_dtype = "bfloat16"
-    c.remat = "none"
-    c.distributed = "none"
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     c.log_every_steps = 100
     c.checkpoint_every_steps = 10000
-    c.keep_checkpoints = 3
-    c.async_checkpoints = True
-    c.eval_every_steps = 0
-    c.best_metric = ""
-    c.best_mode = "min"
-    c.step_delay_s = 0.0
 
     c.model = ml_collections.ConfigDict({"model_dir": "/path/to/base_model", "tokenizer_dir": "",
                                          "param_dtype": "bfloat16"})
