@@ -61,3 +61,41 @@ def test_toy_preset_trains_and_writes_the_niah_table(tmp_path):
     assert by[("in_context", 64)] >= 0.75  # the shipped base reads the needle inside its window
     costs = json.load(open(tmp_path / "eval" / "costs.json"))
     assert costs[1]["chunks"] > costs[0]["chunks"] >= 1
+
+
+def _toy_method(**data):
+    import importlib.util
+
+    from hyperlora_jax.methods.d2l import D2LMethod
+    from hyperlora_jax.sharding import make_mesh
+    spec = importlib.util.spec_from_file_location(
+        "d2l_cfg", os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "d2l.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config("toy")
+    c.data.update(data)
+    return D2LMethod(c, make_mesh(dict(c.mesh)))
+
+
+def test_toy_curriculum_starts_with_short_one_chunk_documents_then_mixes_chunk_counts():
+    m = _toy_method(curriculum_examples=100)
+    early = [m.example(i) for i in range(0, 10)]
+    assert all(int(e["n_chunks"]) == 1 for e in early)
+    # the first documents are at most 40 characters plus the template: the needle (26) dominates
+    assert max(int(e["ctx_mask"].sum()) for e in early) <= 40 + len(m.affixes)
+    grow = [int(m.example(i)["ctx_mask"].sum()) for i in range(90, 100)]
+    assert max(grow) > 40 + len(m.affixes)
+    late = {int(m.example(i)["n_chunks"]) for i in range(100, 160)}
+    assert late == {1, 2, 3, 4}
+    # a pure function of the stream position
+    np.testing.assert_array_equal(m.example(57)["ctx_ids"], m.example(57)["ctx_ids"])
+
+
+def test_scaler_b_init_switches_the_generated_path_on_at_step_zero():
+    m = _toy_method()
+    p = m.init_trainable(jax.random.PRNGKey(0))
+    assert all(float(jnp.min(v)) == 1.0 == float(jnp.max(v)) for v in p["head"]["scaler_B"].values())
+    m.config.model.scaler_b_init = 0.0  # the reference's init
+    p0 = m.init_trainable(jax.random.PRNGKey(0))
+    assert all(float(jnp.abs(v).max()) == 0.0 for v in p0["head"]["scaler_B"].values())
+    np.testing.assert_array_equal(p0["head"]["scaler_A"]["down_proj"], p["head"]["scaler_A"]["down_proj"])

@@ -107,8 +107,18 @@ class D2LMethod:
         return jax.tree_util.tree_map_with_path(lambda p, x: not skip.search(path_str(p)), params)
 
     def init_trainable(self, rng):
+        """Fresh hypernetwork (spec section 6 init). ``model.scaler_b_init`` (default 0, the reference) overrides the
+        start value of every ``scaler_B``: at 0 the generated LoRAs start switched off and the context path only
+        turns on if ``scaler_B`` drifts away from 0 — at toy scale whether it does depends on the seed, so the toy
+        preset starts it at 1 (generated ΔW is still small: the head's init std is ~1e-2)."""
         from hyperlora_jax.d2l.hypernet import init_params
-        return init_params(self.hyper_cfg, rng)
+        params = init_params(self.hyper_cfg, rng)
+        s = float(self.config.model.get("scaler_b_init", 0.0))
+        if s:
+            head = dict(params["head"])
+            head["scaler_B"] = {m: jnp.full_like(v, s) for m, v in head["scaler_B"].items()}
+            params = {**params, "head": head}
+        return params
 
     def frozen(self):
         return self.base_params

@@ -48,19 +48,34 @@ def query_row(method, question: str, answer: str, length: int):
 
 @source("toy_niah")
 def toy_niah(method, data_cfg, seed: int):
-    """Toy NIAH documents of 1..max_chunks chunks (``data.chunk_probs``), CE on the 4-digit answer."""
+    """Toy NIAH documents of 1..max_chunks chunks (``data.chunk_probs``), CE on the 4-digit answer.
+
+    Length curriculum (``data.curriculum_examples`` = N > 0): stream positions i < N hold one-chunk documents whose
+    length is drawn from [26, hi(i)], hi growing linearly from 40 characters to a full chunk; the needle then starts
+    as a large part of the document, which is what lets the hypernetwork's context path switch on at toy scale
+    (without it the run sits at the answer-prior plateau). Positions >= N use ``data.chunk_probs``. Still a pure
+    function of (seed, i), so resumed runs see the same examples.
+    """
     from hyperlora_jax.toy.niah import make_example
     probs = np.asarray(data_cfg.chunk_probs, np.float64)
     probs = probs / probs.sum()
     c = data_cfg.chunk_tokens
     overhead = len(method.affixes)
     lo = max(data_cfg.get("min_doc_len", 32), 26)
+    warm = int(data_cfg.get("curriculum_examples", 0))
+    full = c - overhead
+    if full < 40:
+        raise ValueError(f"data.chunk_tokens {c} leaves {full} characters per chunk; the toy needs >= 40")
 
     def example(i):
         rng = np.random.default_rng([seed, i, 11])
-        n = int(rng.choice(len(probs), p=probs)) + 1
-        hi = n * c - overhead
-        length = int(rng.integers(max(lo, (n - 1) * c - overhead + 1), max(hi, lo) + 1))
+        if i < warm:
+            hi = int(round(40 + (full - 40) * i / warm))
+            n, length = 1, int(rng.integers(26, hi + 1))
+        else:
+            n = int(rng.choice(len(probs), p=probs)) + 1
+            hi = n * c - overhead
+            length = int(rng.integers(max(lo, (n - 1) * c - overhead + 1), max(hi, lo) + 1))
         ex = make_example(seed + 1000, i, length)
         ids, mask, k = chunk_slots(method, ex.document, data_cfg.max_chunks)
         tokens, loss_mask, seg = query_row(method, ex.question, ex.answer, data_cfg.query_len)
