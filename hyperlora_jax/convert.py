@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from hyperlora_jax import cli
+
 
 class ConvertError(ValueError):
     """A conversion that cannot proceed (reported as one line, exit code 2)."""
@@ -86,16 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = args.func(args)
-    except (ValueError, OSError, KeyError) as e:  # UnsafeCheckpointError and ConvertError are ValueErrors
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
-        return 2
-    print(summary)
+    print(args.func(args))
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv, exit=False)
 
 
 if __name__ == "__main__":

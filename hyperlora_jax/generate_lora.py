@@ -21,7 +21,6 @@ half-written. Errors print one line on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -30,6 +29,8 @@ import warnings
 from typing import Sequence
 
 import numpy as np
+
+from hyperlora_jax import cli
 
 PEFT_CONFIG, PEFT_WEIGHTS, BASE_CONFIG = "adapter_config.json", "adapter_model.safetensors", "config.json"
 
@@ -189,17 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        dirs = generate_lora(args.t2l, args.description, args.out, encoder=args.encoder, model=args.model,
-                             scale=args.scale, overwrite=args.overwrite)
-    except (ValueError, OSError, KeyError) as e:
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    dirs = generate_lora(args.t2l, args.description, args.out, encoder=args.encoder, model=args.model,
+                         scale=args.scale, overwrite=args.overwrite)
     print(f"wrote {len(dirs)} adapter{'s' if len(dirs) > 1 else ''} ({args.scale}) -> {args.out}")
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv, exit=False)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import argparse
 import os
 import sys
 
+from hyperlora_jax import cli
+
 
 class InternalizeError(ValueError):
     """A bad input to the CLI (reported as one line, exit code 2)."""
@@ -77,16 +79,13 @@ def run(args) -> str:
             f"rank {adapter.rank} PEFT adapter (alpha {d2l.hyper_cfg.alpha:g}) in {args.out}")
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        summary = run(args)
-    except (ValueError, OSError, KeyError) as e:
-        msg = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
-        return 2
-    print(summary)
+def _main(argv) -> int:
+    print(run(build_parser().parse_args(argv)))
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(_main, argv, exit=False)
 
 
 if __name__ == "__main__":

@@ -3,58 +3,33 @@
 Fixture layout: combined/* are [n_docs, L, R, d] (reference); the project's Adapter is [L, n_docs, R, d].
 Tolerance 1e-5 absolute (golden README §3).
 """
-import json
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hyperlora_jax.d2l import (D2LHypernetConfig, bias_lora, combine_chunks, generate_adapter,
-                               hypernet_intermediates, init_params)
-from hyperlora_jax.d2l.checkpoint_map import config_from_state_dict, torch_to_flax
+from hyperlora_jax.d2l import D2LHypernetConfig, bias_lora, combine_chunks, generate_adapter, init_params
 from hyperlora_jax.lora import Adapter, lora_delta
 
-DATA = pathlib.Path(__file__).parent / "data" / "d2l"
 ATOL = 1e-5
-KINDS = ["per_layer_activations", "early_exit"]
 M = "down_proj"
 
 
-def _load(kind):
-    z = dict(np.load(DATA / f"{kind}.npz"))
-    meta = json.loads((DATA / f"{kind}.json").read_text())
-    sd = {k[len("hypernet/"):]: v for k, v in z.items() if k.startswith("hypernet/")}
-    return z, meta, sd
-
-
-@pytest.fixture(scope="module", params=KINDS)
-def run(request):
-    kind = request.param
-    z, meta, sd = _load(kind)
-    config = config_from_state_dict(sd)
-    params = torch_to_flax(sd, config)
-    f, m = jnp.asarray(z["features"]), jnp.asarray(z["ctx_attn_mask"])
-    inter = {k: np.asarray(v) for k, v in hypernet_intermediates(params, config, f, m).items()}
-    return kind, z, meta, config, params, inter
-
-
 @pytest.mark.parametrize("name", ["resmlp_out", "head_in", "head_out"])
-def test_head_intermediates(run, name):
-    _, z, _, _, _, inter = run
+def test_head_intermediates(d2l_golden, name):
+    _, z, _, _, _, inter = d2l_golden
     assert inter[name].shape == z[name].shape
     np.testing.assert_allclose(inter[name], z[name], rtol=0, atol=ATOL)
 
 
-def test_head_in_is_unit_norm(run):
-    _, _, _, _, _, inter = run
+def test_head_in_is_unit_norm(d2l_golden):
+    _, _, _, _, _, inter = d2l_golden
     np.testing.assert_allclose(np.linalg.norm(inter["head_in"], axis=-1), 1.0, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("mat", ["A", "B"])
-def test_per_chunk_lora(run, mat):
-    _, z, _, _, _, inter = run
+def test_per_chunk_lora(d2l_golden, mat):
+    _, z, _, _, _, inter = d2l_golden
     ref = z[f"per_chunk/{mat}/{M}"]
     assert inter[f"{mat}/{M}"].shape == ref.shape
     np.testing.assert_allclose(inter[f"{mat}/{M}"], ref, rtol=0, atol=ATOL)
@@ -65,8 +40,8 @@ def _adapter_to_ref(x):
 
 
 @pytest.mark.parametrize("scaled", [False, True])
-def test_combined_adapter(run, scaled):
-    _, z, meta, config, params, _ = run
+def test_combined_adapter(d2l_golden, scaled):
+    _, z, meta, config, params, _ = d2l_golden
     kw = dict(chunk_scalers=jnp.asarray(z["chunk_scalers"]), bias_scaler=jnp.asarray(z["bias_scaler"])) \
         if scaled else {}
     ad = generate_adapter(params, config, jnp.asarray(z["features"]), jnp.asarray(z["ctx_attn_mask"]),
@@ -82,9 +57,9 @@ def test_combined_adapter(run, scaled):
     assert ad.scale.shape == (len(z["n_ctx_chunks"]),)
 
 
-def test_combine_chunks_from_fixture_per_chunk_arrays(run):
+def test_combine_chunks_from_fixture_per_chunk_arrays(d2l_golden):
     """combine_chunks alone, fed the reference's own per-chunk LoRAs and bias, reproduces combined* exactly."""
-    _, z, meta, config, params, _ = run
+    _, z, meta, config, params, _ = d2l_golden
     bA, bB = bias_lora(params, config)
     A = {M: jnp.asarray(z[f"per_chunk/A/{M}"])}
     B = {M: jnp.asarray(z[f"per_chunk/B/{M}"])}

@@ -2,9 +2,6 @@
 
 Fixtures: float32 outputs of the reference (doc-to-lora 1abe8ae) on CPU; tolerance 1e-5 absolute (golden README §3).
 """
-import json
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,31 +12,13 @@ from hyperlora_jax.d2l.checkpoint_map import config_from_state_dict, torch_to_fl
 from hyperlora_jax.d2l.hypernet import init_params
 from hyperlora_jax.d2l.perceiver import masked_gqa_attention
 
-DATA = pathlib.Path(__file__).parent / "data" / "d2l"
+import d2l_golden as d2l_golden_data  # tests/d2l_golden.py (the conftest fixture d2l_golden runs it)
+
 ATOL = 1e-5
-KINDS = ["per_layer_activations", "early_exit"]
 
 
-def _load(kind):
-    z = dict(np.load(DATA / f"{kind}.npz"))
-    meta = json.loads((DATA / f"{kind}.json").read_text())
-    sd = {k[len("hypernet/"):]: v for k, v in z.items() if k.startswith("hypernet/")}
-    return z, meta, sd
-
-
-@pytest.fixture(scope="module", params=KINDS)
-def run(request):
-    kind = request.param
-    z, meta, sd = _load(kind)
-    config = config_from_state_dict(sd)
-    params = torch_to_flax(sd, config)
-    inter = hypernet_intermediates(params, config, jnp.asarray(z["features"]), jnp.asarray(z["ctx_attn_mask"]))
-    inter = {k: np.asarray(v) for k, v in inter.items()}
-    return kind, z, meta, config, params, inter
-
-
-def test_config_matches_fixture_metadata(run):
-    kind, z, meta, config, _, _ = run
+def test_config_matches_fixture_metadata(d2l_golden):
+    kind, z, meta, config, _, _ = d2l_golden
     agg = meta["aggregator"]
     assert config.ctx_encoder_type == kind
     assert config.perceiver.input_size == agg["feature_size"]
@@ -55,8 +34,8 @@ def test_config_matches_fixture_metadata(run):
     assert abs(config.alpha - meta["lora_alpha"]) < 1e-6
 
 
-def test_modality_projection_valid_positions(run):
-    kind, z, _, _, _, inter = run
+def test_modality_projection_valid_positions(d2l_golden):
+    kind, z, _, _, _, inter = d2l_golden
     valid = z["ctx_attn_mask"].astype(bool)
     ours, ref = inter["modality_projection"], z["perceiver/modality_projection"]
     assert ours.shape == ref.shape
@@ -66,22 +45,22 @@ def test_modality_projection_valid_positions(run):
 
 
 @pytest.mark.parametrize("name", ["encoder_latents", "decoder_out"])
-def test_resampler_outputs(run, name):
-    _, z, _, _, _, inter = run
+def test_resampler_outputs(d2l_golden, name):
+    _, z, _, _, _, inter = d2l_golden
     ref = z[f"perceiver/{name}"]
     assert inter[name].shape == ref.shape
     np.testing.assert_allclose(inter[name], ref, rtol=0, atol=ATOL)
 
 
-def test_aggregator_out(run):
-    _, z, _, _, _, inter = run
+def test_aggregator_out(d2l_golden):
+    _, z, _, _, _, inter = d2l_golden
     assert inter["aggregator_out"].shape == z["aggregator_out"].shape
     np.testing.assert_allclose(inter["aggregator_out"], z["aggregator_out"], rtol=0, atol=ATOL)
 
 
-def test_extra_padding_and_garbage_at_padded_positions(run):
+def test_extra_padding_and_garbage_at_padded_positions(d2l_golden):
     """Extra padding tokens (and arbitrary values at padded positions) do not change anything."""
-    kind, z, _, config, params, inter = run
+    kind, z, _, config, params, inter = d2l_golden
     feats, mask = z["features"], z["ctx_attn_mask"]
     extra = 7
     rng = np.random.default_rng(0)
@@ -98,9 +77,9 @@ def test_extra_padding_and_garbage_at_padded_positions(run):
         np.testing.assert_allclose(np.asarray(out[name]), inter[name], rtol=0, atol=1e-6, err_msg=name)
 
 
-def test_single_chunk_alone_equals_batched(run):
+def test_single_chunk_alone_equals_batched(d2l_golden):
     """A chunk run alone, trimmed to its valid length without a mask, equals its row of the padded batch."""
-    kind, z, _, config, params, inter = run
+    kind, z, _, config, params, inter = d2l_golden
     mask = z["ctx_attn_mask"]
     row = int(np.argmin(mask.sum(1)))  # the most padded chunk
     n = int(mask[row].sum())
@@ -110,9 +89,9 @@ def test_single_chunk_alone_equals_batched(run):
     np.testing.assert_allclose(np.asarray(B["down_proj"])[0], inter["B/down_proj"][row], rtol=0, atol=1e-6)
 
 
-def test_layer_loop_equals_batched(run):
+def test_layer_loop_equals_batched(d2l_golden):
     """l2l: running the shared perceiver layer by layer (the reference's iterative mode) equals the folded batch."""
-    kind, z, _, config, params, inter = run
+    kind, z, _, config, params, inter = d2l_golden
     if kind != "per_layer_activations":
         pytest.skip("layer loop is a per_layer_activations mode")
     f, m = jnp.asarray(z["features"]), jnp.asarray(z["ctx_attn_mask"])
@@ -169,7 +148,7 @@ def test_param_counts_of_released_configs():
 
 
 def test_features_layout_is_checked():
-    z, _, sd = _load("per_layer_activations")
+    z, _, sd = d2l_golden_data.load("per_layer_activations")
     config = config_from_state_dict(sd)
     params = torch_to_flax(sd, config)
     with pytest.raises(ValueError, match="per_layer_activations features"):
