@@ -43,8 +43,8 @@ def get_config(preset: str = "toy"):
         # per_layer_activations (the embedding-layer features carry the digits' identities), scaler_B starting at 1
         # and a one-chunk length curriculum: each is needed for the context path to switch on reliably at toy
         # scale (see methods/d2l.py init_trainable and methods/d2l_data.py toy_niah)
-        c.model.update(dict(ctx_encoder_type="per_layer_activations", layer_idx=0, r=8, latent_size=64,
-                            n_latent_queries=8, num_blocks=2, n_heads=4, head_dim=16, num_kv_heads=2,
+        c.model.update(dict(ctx_encoder_type="per_layer_activations", r=8, latent_size=64, n_latent_queries=8,
+                            num_blocks=2, n_heads=4, head_dim=16, num_kv_heads=2,
                             scaler_b_init=1.0))
         c.loss.update(dict(kind="ce", l1_coef=0.0, neftune_alpha=0.0))
         c.data.update(dict(source="toy_niah", chunk_tokens=64, max_chunks=4, chunk_probs=(0.4, 0.2, 0.2, 0.2),

@@ -39,14 +39,18 @@ def test_per_doc_mean_weights_documents_equally():
     assert float(per_doc_mean(v, m)) == 3.0  # (1 + 5) / 2; the third row has no response tokens
 
 
-def test_toy_preset_trains_and_writes_the_niah_table(tmp_path):
-    from hyperlora_jax.train import run
+def _toy_config():
     import importlib.util
     spec = importlib.util.spec_from_file_location(
         "d2l_cfg", os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "d2l.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    c = mod.get_config("toy")
+    return mod.get_config("toy")
+
+
+def test_toy_preset_trains_and_writes_the_niah_table(tmp_path):
+    from hyperlora_jax.train import run
+    c = _toy_config()
     c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 8, 1, 0
     c.warmup_steps, c.schedule, c.learning_rate = 0, "constant", 3e-3
     c.eval.lengths, c.eval.n, c.eval.batch_size = (64, 256), 4, 4
@@ -64,15 +68,9 @@ def test_toy_preset_trains_and_writes_the_niah_table(tmp_path):
 
 
 def _toy_method(**data):
-    import importlib.util
-
     from hyperlora_jax.methods.d2l import D2LMethod
     from hyperlora_jax.sharding import make_mesh
-    spec = importlib.util.spec_from_file_location(
-        "d2l_cfg", os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "d2l.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("toy")
+    c = _toy_config()
     c.data.update(data)
     return D2LMethod(c, make_mesh(dict(c.mesh)))
 

@@ -46,6 +46,10 @@ def query_row(method, question: str, answer: str, length: int):
     return tokens, mask, (np.arange(length) < len(ids)).astype(np.int32)
 
 
+SHORTEST_DOC = 26  # characters: the 25-character needle plus one
+CURRICULUM_START = 40  # longest document (characters) at the start of the toy curriculum
+
+
 @source("toy_niah")
 def toy_niah(method, data_cfg, seed: int):
     """Toy NIAH documents of 1..max_chunks chunks (``data.chunk_probs``), CE on the 4-digit answer.
@@ -61,17 +65,18 @@ def toy_niah(method, data_cfg, seed: int):
     probs = probs / probs.sum()
     c = data_cfg.chunk_tokens
     overhead = len(method.affixes)
-    lo = max(data_cfg.get("min_doc_len", 32), 26)
+    lo = max(data_cfg.get("min_doc_len", 32), SHORTEST_DOC)
     warm = int(data_cfg.get("curriculum_examples", 0))
     full = c - overhead
-    if full < 40:
-        raise ValueError(f"data.chunk_tokens {c} leaves {full} characters per chunk; the toy needs >= 40")
+    if warm and full < CURRICULUM_START:
+        raise ValueError(f"data.chunk_tokens {c} leaves {full} characters per chunk; the curriculum needs "
+                         f">= {CURRICULUM_START}")
 
     def example(i):
         rng = np.random.default_rng([seed, i, 11])
         if i < warm:
-            hi = int(round(40 + (full - 40) * i / warm))
-            n, length = 1, int(rng.integers(26, hi + 1))
+            hi = int(round(CURRICULUM_START + (full - CURRICULUM_START) * i / warm))
+            n, length = 1, int(rng.integers(SHORTEST_DOC, hi + 1))
         else:
             n = int(rng.choice(len(probs), p=probs)) + 1
             hi = n * c - overhead
