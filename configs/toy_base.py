@@ -33,6 +33,28 @@ def get_config(preset: str = "default"):
                                         "max_doc_len": WINDOW - 24, "doc_loss_weight": 0.1, "tokenizer": ""})
     if preset == "smoke":
         c.num_train_steps, c.batch_size, c.log_every_steps, c.checkpoint_every_steps = 10, 8, 1, 5
+    elif preset == "strings":
+        return _strings(c)
     elif preset != "default":
-        raise ValueError(f"unknown preset {preset!r} for configs/toy_base.py (default, smoke)")
+        raise ValueError(f"unknown preset {preset!r} for configs/toy_base.py (default, smoke, strings)")
+    return c
+
+
+def _strings(c):
+    """The string-task base (hyperlora_jax/assets/toy_strings_base): a 4-layer llama, same character tokenizer and
+    chat template, pretrained on a mixture of all 40 toy string tasks (hyperlora_jax/toy/string_tasks.py) where the
+    user turn is the bare word half of the time and "<task number>:<word>" otherwise
+    (hyperlora_jax/methods/toy_strings.py). It has every skill, but given only a word it cannot know which one is
+    wanted: that is the adapter's job (configs/toy_strings_lora.py, configs/t2l.py:toy)."""
+    c.num_train_steps = 2500
+    c.batch_size = 64
+    c.learning_rate = 2e-3
+    c.warmup_steps = 100
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 500
+    c.model.hf_config = {"model_type": "llama", "vocab_size": 108, "hidden_size": 96, "intermediate_size": 256,
+                         "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 24,
+                         "max_position_embeddings": 160, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+                         "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 4, "pad_token_id": 5}
+    c.data = ml_collections.ConfigDict({"source": "toy_strings", "seq_len": 28, "tag_prob": 0.5, "tokenizer": ""})
     return c

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 
 METHODS = {"lm": "hyperlora_jax.methods.lm:LMMethod", "t2l": "hyperlora_jax.methods.t2l:T2LMethod",
-           "d2l": "hyperlora_jax.methods.d2l:D2LMethod"}
+           "d2l": "hyperlora_jax.methods.d2l:D2LMethod", "lora": "hyperlora_jax.methods.lora_bank:LoRABankMethod"}
 
 
 def register(name: str, target: str):

@@ -63,7 +63,8 @@ class LMMethod:
             self.model_cfg, self._init_params = ModelConfig.from_hf_dict(dict(mc.hf_config)), None
         self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
         self.tokenizer_dir = config.data.get("tokenizer", "")
-        if not self.tokenizer_dir and config.data.source == "toy_niah":
+        import hyperlora_jax.methods.toy_strings  # noqa: F401  (registers the 'toy_strings' source)
+        if not self.tokenizer_dir and config.data.source in ("toy_niah", "toy_strings"):
             import tempfile
 
             from hyperlora_jax.tiny import build_char_tokenizer

@@ -73,6 +73,16 @@ def register_source(name: str):
     return deco
 
 
+EVALUATORS: dict[str, Callable] = {}  # source name -> fn(method, trainable, frozen, workdir) run after training
+
+
+def register_evaluator(name: str):
+    def deco(fn):
+        EVALUATORS[name] = fn
+        return fn
+    return deco
+
+
 # ============================================================================================ tokenisation helpers
 def truncate_longest_first_left(p: list[int], r: list[int], max_len: int) -> tuple[list[int], list[int]]:
     """HF ``longest_first`` truncation of a (prompt, response) pair to ``max_len`` tokens in total, removing tokens
@@ -241,6 +251,7 @@ class T2LMethod:
             if float(self.sft_cfg.get("lora_dropout", 0.0)) > 0:
                 log.warning("t2l: sft.lora_dropout=%s is not applied (the base model's LoRA path has no input "
                             "dropout)", self.sft_cfg.lora_dropout)
+        import hyperlora_jax.methods.toy_strings  # noqa: F401  (registers the 'toy_strings' source)
         name = config.data.get("source", "in_memory")
         if name not in SOURCES:
             raise ValueError(f"unknown t2l data source {name!r} (known: {', '.join(sorted(SOURCES))})")
@@ -420,6 +431,13 @@ class T2LMethod:
         if kind == "factorized":
             metrics["raw_l1"] = raw / n_mod
         return loss, metrics
+
+    def final_evaluate(self, trainable, frozen, workdir):
+        """The data source's registered evaluation (``register_evaluator``), if any, on process 0."""
+        fn = EVALUATORS.get(self.config.data.get("source", "in_memory"))
+        if fn is None or jax.process_index() != 0:
+            return None
+        return fn(self, trainable, frozen, workdir)
 
     def data_iterator(self, process_index, process_count):
         return IndexedBatchIterator(self.data.example, self.data.size, self.config.batch_size, collate=stack,

@@ -1,0 +1,144 @@
+"""Answering document questions with every method of the D2L comparison, in one harness (NIAH and QA use it).
+
+Methods (``DOC_METHODS``):
+  no_context            the question alone, plain base model
+  in_context            chat(document + "\\n\\n" + question): the full document, even past the native window
+  in_context_truncated  the same user turn middle-truncated (LongBench) so prompt + answer fit the native window
+                        (``max_position_embeddings``); identical to in_context when the document fits
+  d2l                   the question alone + the D2L adapter of its document, internalised on the fly in batches
+  cd                    the question alone + a LoRA distilled per document (eval/cd.py); its ``adapt_s`` is the
+                        distillation wall time (teacher responses + top-k + training) D2L's one forward replaces
+Every method answers greedily with ``max_new_tokens``; ``wall_s`` covers producing adapters and answering.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from hyperlora_jax.eval import answering as ans
+from hyperlora_jax.eval import metrics
+from hyperlora_jax.eval.cd import CDOptions, distill
+from hyperlora_jax.eval.systems import RANDOM_INIT
+from hyperlora_jax.lora import stack_adapters
+
+DOC_METHODS = ("no_context", "in_context", "in_context_truncated", "d2l", "cd")
+
+
+@dataclasses.dataclass(frozen=True)
+class DocExample:
+    """One question about one document. ``prompt``: the question turn as asked (template applied);
+    ``answers``: gold answers; ``length``: the example's length bin (None where not binned);
+    ``cd_queries``: distillation queries (None → the prompt itself, i.e. oracle CD)."""
+
+    document: str
+    prompt: str
+    answers: tuple
+    length: Optional[object] = None
+    cd_queries: Optional[tuple] = None
+
+
+@dataclasses.dataclass
+class MethodRun:
+    predictions: list
+    wall_s: float
+    adapt_s: Optional[float] = None
+    extra: dict = dataclasses.field(default_factory=dict)
+    per_example: dict = dataclasses.field(default_factory=dict)  # {field: [value per example]}, averaged per bin
+
+
+def check_methods(methods: Sequence[str]) -> list[str]:
+    bad = [m for m in methods if m not in DOC_METHODS]
+    if bad:
+        raise ValueError(f"unknown method(s) {', '.join(bad)} for document suites (known: {', '.join(DOC_METHODS)})")
+    return list(methods)
+
+
+def run_methods(system, examples: Sequence[DocExample], methods: Sequence[str], *, batch_size: int,
+                max_new_tokens: int, cd: CDOptions) -> dict:
+    """{method: MethodRun} for ``examples`` (``system``: eval.systems.D2LSystem)."""
+    tok, params, cfg = system.tok, system.params, system.cfg
+    dtype = system.d2l.dtype
+    q_prompts = [ans.chat_ids(tok, e.prompt) for e in examples]
+    gen = lambda prompts, adapter=None: ans.generate_texts(params, cfg, tok, prompts, adapter=adapter,
+                                                           max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                                           dtype=dtype)
+    out = {}
+    for m in check_methods(methods):
+        t0 = time.perf_counter()
+        if m == "no_context":
+            out[m] = MethodRun(gen(q_prompts), 0.0)
+        elif m == "in_context":
+            out[m] = MethodRun(gen([ans.chat_ids(tok, ans.in_context(e.document, e.prompt)) for e in examples]), 0.0)
+        elif m == "in_context_truncated":
+            W = int(cfg.max_position_embeddings)
+            contents = [ans.truncated_in_context(tok, e.document, e.prompt, W, max_new_tokens) for e in examples]
+            cut = [float(c != ans.in_context(e.document, e.prompt)) for c, e in zip(contents, examples)]
+            out[m] = MethodRun(gen([ans.chat_ids(tok, c) for c in contents]), 0.0, extra={"window": W},
+                               per_example={"truncated_fraction": cut})
+        elif m == "d2l":
+            adapters, chunks = [], []
+            for s in range(0, len(examples), batch_size):
+                adapters.append(system.d2l.make_adapter([e.document for e in examples[s:s + batch_size]]))
+                chunks += np.asarray(system.d2l.last_batch.n_ctx_chunks).tolist()
+            adapter = stack_adapters(adapters) if len(adapters) > 1 else adapters[0]
+            jax.block_until_ready(adapter.A)
+            t_ad = time.perf_counter() - t0
+            out[m] = MethodRun(gen(q_prompts, adapter), 0.0, t_ad, {"hypernet": system.source},
+                               {"mean_chunks": [float(c) for c in chunks]})
+        elif m == "cd":
+            adapters, stats = [], []
+            for idx in ans.padded_batches(len(examples), batch_size):  # fixed shapes: one compiled train step
+                part = [examples[i] for i in idx]
+                qs = [list(e.cd_queries) if e.cd_queries else [e.prompt] for e in part]
+                a, st = distill(params, cfg, tok, [e.document for e in part], qs, cd, batch_size=batch_size,
+                                dtype=dtype)
+                keep = len(dict.fromkeys(idx))  # distinct examples of this batch (the rest repeat the last one)
+                adapters.append(ans.rows_of(a, range(keep)))
+                stats.append(st)
+            adapter = stack_adapters(adapters) if len(adapters) > 1 else adapters[0]
+            jax.block_until_ready(adapter.A)
+            t_ad = time.perf_counter() - t0
+            oracle = not any(e.cd_queries for e in examples)
+            out[m] = MethodRun(gen(q_prompts, adapter), 0.0, t_ad, {
+                "cd_steps": cd.steps, "cd_lr": cd.lr, "cd_final_loss": float(np.mean([s["cd_final_loss"]
+                                                                                         for s in stats])),
+                "cd_queries": "test question (oracle)" if oracle else "data cd_queries",
+                "adapt_s_per_doc": t_ad / len(examples)})
+        out[m].wall_s = time.perf_counter() - t0
+    return out
+
+
+def method_label(system, m: str) -> str:
+    """Row label: the D2L row carries the hypernetwork's provenance in its name when it is untrained."""
+    return system.method_name if m == "d2l" else m
+
+
+METRIC_FNS = {"f1": metrics.token_f1, "exact_match": metrics.exact_match, "rouge_l": metrics.rouge_l}
+
+
+def score(system, suite: str, dataset: str, examples: Sequence[DocExample], runs: dict, groups: dict,
+          metric_names: Sequence[str]) -> list[dict]:
+    """Result rows: one per (method, group); ``groups`` maps a length-bin label to example indices. Times are
+    split over groups in proportion to their examples."""
+    rows = []
+    for m, run in runs.items():
+        for b, idx in groups.items():
+            preds = [run.predictions[i] for i in idx]
+            golds = [examples[i].answers for i in idx]
+            frac = len(idx) / len(examples)
+            row = {"suite": suite, "dataset": dataset, "method": method_label(system, m), "length": b}
+            for k in metric_names:
+                row[k] = metrics.mean(METRIC_FNS[k](p, g) for p, g in zip(preds, golds))
+            row.update({"n": len(idx), "wall_s": run.wall_s * frac})
+            if run.adapt_s is not None:
+                row["adapt_s"] = run.adapt_s * frac
+            row.update(run.extra)
+            row.update({k: metrics.mean(v[i] for i in idx) for k, v in run.per_example.items()})
+            if m == "d2l" and system.source == RANDOM_INIT:
+                row["note"] = "d2l (random init): the hypernetwork is NOT trained (no --checkpoint given)"
+            rows.append(row)
+    return rows

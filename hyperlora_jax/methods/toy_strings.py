@@ -1,0 +1,101 @@
+"""Data sources of the toy string-task world (``hyperlora_jax.toy.string_tasks``), registered on import:
+
+  lm  source 'toy_strings'   pretraining of the string base model (configs/toy_base.py:strings): a mixture of ALL
+                             40 tasks; the user turn holds the bare word (no instruction) with probability
+                             1 - ``data.tag_prob``, else ``"<task number, 2 digits>:<word>"`` (a tag that helps the
+                             base form one circuit per task); loss on the answer + end token.
+                             So the base has every skill but, given only a word, cannot know which one is wanted.
+  t2l source 'toy_strings'   T2L SFT rows (also used by the 'lora' method): hierarchical task sampling over the
+                             training tasks (or all tasks, ``data.tasks = 'all'``), a random training description
+                             and a random word per row; ``data.description_in_prompt`` puts the description in the
+                             user turn before the word (the multi-task LoRA baseline), else the user turn is the word.
+
+``TaskData.descriptions`` lists the descriptions of ALL 40 tasks in ``string_tasks.TASK_NAMES`` order (training and
+held-out ones), so the encoder embeds every description the evaluation needs once, at startup;
+``description_table()`` gives the row of each (task, description).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hyperlora_jax.methods.lm import source as lm_source
+from hyperlora_jax.methods.t2l import TaskData, hierarchical_index, register_evaluator, register_source
+from hyperlora_jax.toy import string_tasks as st
+
+TRAIN_SEED_OFFSET = 0          # training words: make_word(seed, i); evaluation uses eval.seed (different)
+
+
+def description_table() -> tuple[list[str], dict[tuple[str, int], int]]:
+    """(all descriptions in task order, {(task, k): row}) for every task and each of its descriptions."""
+    texts, rows = [], {}
+    for t in st.TASK_NAMES:
+        for k, d in enumerate(st.DESCRIPTIONS[t]):
+            rows[(t, k)] = len(texts)
+            texts.append(d)
+    return texts, rows
+
+
+def user_content(word: str, description: str | None = None) -> str:
+    """The user turn: the bare word, or the description then the word on its own line."""
+    return word if description is None else f"{description}\n{word}"
+
+
+@lm_source("toy_strings")
+def lm_toy_strings(cfg, data_cfg, seed: int):
+    """Row i: a uniformly drawn task of all 40, word make_word(seed, i); fixed length data.seq_len."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(data_cfg.tokenizer)
+    tag_prob = float(data_cfg.get("tag_prob", 0.5))
+    seq_len = int(data_cfg.seq_len)
+
+    def example(i):
+        rng = np.random.default_rng([seed, i, 5])
+        task = st.TASK_NAMES[int(rng.integers(len(st.TASK_NAMES)))]
+        word, answer = st.example(task, seed, i)
+        k = st.TASK_NAMES.index(task)
+        content = f"{k:02d}:{word}" if rng.random() < tag_prob else word
+        prompt = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=False)
+        ids = list(prompt) + list(tok(answer + tok.eos_token, add_special_tokens=False)["input_ids"])
+        if len(ids) > seq_len:
+            raise ValueError(f"toy_strings example of {len(ids)} tokens exceeds data.seq_len {seq_len}")
+        tokens = np.full(seq_len, tok.pad_token_id, np.int32)
+        tokens[:len(ids)] = ids
+        mask = np.zeros(seq_len, np.float32)
+        mask[len(prompt) - 1:len(ids) - 1] = 1.0      # positions predicting the answer and the end token
+        return {"tokens": tokens, "loss_mask": mask,
+                "segment_ids": (np.arange(seq_len) < len(ids)).astype(np.int32)}
+    return example, None
+
+
+@register_source("toy_strings")
+def t2l_toy_strings(method, data_cfg, seed: int) -> TaskData:
+    """Rows {desc_index, task_index, tokens, loss_mask, segment_ids}; task_index is into ``task_names`` (the
+    sampled tasks), desc_index into ``descriptions`` (all 40 tasks' descriptions)."""
+    which = data_cfg.get("tasks", "train")
+    if which not in ("train", "all"):
+        raise ValueError(f"data.tasks must be 'train' or 'all' for the toy_strings source, got {which!r}")
+    names = list(st.TRAIN_TASKS if which == "train" else st.TASK_NAMES)
+    texts, rows = description_table()
+    in_prompt = bool(data_cfg.get("description_in_prompt", False))
+    group = int(data_cfg.get("n_tasks_per_batch", len(names)))
+    # a held-out task (only sampled with data.tasks = 'all', for oracle LoRAs) draws from all its descriptions
+    train_desc = {t: [rows[(t, k)] for k in range(len(st.train_descriptions(t)) or len(st.DESCRIPTIONS[t]))]
+                  for t in names}
+
+    def example(i):
+        task_i, rng = hierarchical_index(i, len(names), group, seed)
+        t = names[task_i]
+        d = train_desc[t][int(rng.integers(len(train_desc[t])))]
+        word, answer = st.example(t, seed + TRAIN_SEED_OFFSET, int(rng.integers(2 ** 31)))
+        out = {"desc_index": np.int32(d), "task_index": np.int32(task_i)}
+        out.update(method.format_pair(user_content(word, texts[d] if in_prompt else None), answer))
+        return out
+
+    return TaskData(example, None, texts, names, [None] * len(names))
+
+
+@register_evaluator("toy_strings")
+def t2l_toy_strings_eval(method, trainable, frozen, workdir):
+    from hyperlora_jax.toy.eval_strings import evaluate_t2l_run
+    return evaluate_t2l_run(method, trainable, workdir)
