@@ -26,7 +26,8 @@ def _common():
         num_kv_heads=4, chunk_group=1, scaler_b_init=0.0))
     c.loss = ml_collections.ConfigDict(dict(kind="kd", top_k=16, l1_coef=0.1, neftune_alpha=5.0))
     c.data = ml_collections.ConfigDict(dict(source="d2l_qa", chunk_tokens=512, max_chunks=1, chunk_probs=(1.0,),
-                                            query_len=2048, min_doc_len=25, curriculum_examples=0))
+                                            query_len=2048, min_doc_len=25, curriculum_examples=0,
+                                            batch_chunk_count=False))
     c.eval = ml_collections.ConfigDict(dict(lengths=(), n=100, seed=1234, batch_size=8))
     # the references' optimiser: AdamW lr 4e-5, cosine to 1e-7 after 100 warm-up steps, weight decay 0.01
     c.learning_rate, c.warmup_steps, c.schedule, c.end_lr_factor = 4e-5, 100, "cosine", 1e-7 / 4e-5
@@ -42,13 +43,14 @@ def get_config(preset: str = "toy"):
     if preset == "toy":
         # per_layer_activations (the embedding-layer features carry the digits' identities), scaler_B starting at 1
         # and a one-chunk length curriculum: each is needed for the context path to switch on reliably at toy
-        # scale (see methods/d2l.py init_trainable and methods/d2l_data.py toy_niah)
+        # scale (see methods/d2l.py init_trainable and methods/d2l_data.py toy_niah); one chunk count per batch
+        # (data.batch_chunk_count) so a step pays only for the chunk slots its documents use
         c.model.update(dict(ctx_encoder_type="per_layer_activations", r=8, latent_size=64, n_latent_queries=8,
                             num_blocks=2, n_heads=4, head_dim=16, num_kv_heads=2,
                             scaler_b_init=1.0))
         c.loss.update(dict(kind="ce", l1_coef=0.0, neftune_alpha=0.0))
         c.data.update(dict(source="toy_niah", chunk_tokens=64, max_chunks=4, chunk_probs=(0.4, 0.2, 0.2, 0.2),
-                           query_len=24, min_doc_len=32, curriculum_examples=200 * 16))
+                           query_len=24, min_doc_len=32, curriculum_examples=200 * 16, batch_chunk_count=True))
         c.eval.update(dict(lengths=(64, 128, 256, 512, 1024), n=32, seed=1234, batch_size=16))
         c.compute_dtype = "float32"
         c.seed = 0

@@ -5,6 +5,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from hyperlora_jax.methods.d2l import kd_loss, per_doc_mean
 
@@ -76,7 +77,7 @@ def _toy_method(**data):
 
 
 def test_toy_curriculum_starts_with_short_one_chunk_documents_then_mixes_chunk_counts():
-    m = _toy_method(curriculum_examples=100)
+    m = _toy_method(curriculum_examples=100, batch_chunk_count=False)
     early = [m.example(i) for i in range(0, 10)]
     assert all(int(e["n_chunks"]) == 1 for e in early)
     # the first documents are at most 40 characters plus the template: the needle (26) dominates
@@ -97,3 +98,32 @@ def test_scaler_b_init_switches_the_generated_path_on_at_step_zero():
     p0 = m.init_trainable(jax.random.PRNGKey(0))
     assert all(float(jnp.abs(v).max()) == 0.0 for v in p0["head"]["scaler_B"].values())
     np.testing.assert_array_equal(p0["head"]["scaler_A"]["down_proj"], p["head"]["scaler_A"]["down_proj"])
+
+
+def test_batch_chunk_count_gives_each_batch_one_chunk_count_and_only_its_slots():
+    from hyperlora_jax.methods.d2l_data import collate
+    m = _toy_method(batch_chunk_count=True, curriculum_examples=0)
+    g = m.config.batch_size
+    it = m.data_iterator(0, 1)
+    counts = []
+    for _ in range(12):
+        b = next(it)
+        n = set(b["n_chunks"].tolist())
+        assert len(n) == 1  # one chunk count per batch
+        assert b["ctx_ids"].shape[1] == b["ctx_mask"].shape[1] == n.pop()  # and only that many slots
+        counts.append(b["ctx_ids"].shape[1])
+    assert len(set(counts)) > 1  # the count varies between batches
+    # the trimmed batch gives the same loss as the same documents in all max_chunks padded slots
+    b = next(k for k, c in enumerate(counts) if c < m.config.data.max_chunks)
+    exs = [m.example(i) for i in range(b * g, (b + 1) * g)]
+    full, trimmed = collate(exs), collate(exs, trim_slots=True)
+    assert full["ctx_ids"].shape[1] == m.config.data.max_chunks > trimmed["ctx_ids"].shape[1]
+    p = m.init_trainable(jax.random.PRNGKey(0))
+    lf = m.loss(p, m.frozen(), full, jax.random.PRNGKey(1))[0]
+    lt = m.loss(p, m.frozen(), trimmed, jax.random.PRNGKey(1))[0]
+    np.testing.assert_allclose(float(lt), float(lf), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_chunk_count_is_refused_by_sources_without_it():
+    with pytest.raises(ValueError, match="batch_chunk_count is not supported by data source 'd2l_qa'"):
+        _toy_method(batch_chunk_count=True, source="d2l_qa")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperlora_jax.data.iterators import IndexedBatchIterator, stack
+from hyperlora_jax.data.iterators import IndexedBatchIterator
 from hyperlora_jax.model import forward
 
 
@@ -86,7 +86,10 @@ class D2LMethod:
             num_blocks=mc.num_blocks, num_pre_head_layers=mc.get("num_pre_head_layers", 1),
             n_heads=mc.n_heads, head_dim=mc.head_dim, num_key_value_heads=mc.num_kv_heads)
         self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
-        from hyperlora_jax.methods.d2l_data import SOURCES
+        from hyperlora_jax.methods.d2l_data import BATCH_CHUNK_COUNT_SOURCES, SOURCES
+        if config.data.get("batch_chunk_count", False) and config.data.source not in BATCH_CHUNK_COUNT_SOURCES:
+            raise ValueError(f"data.batch_chunk_count is not supported by data source {config.data.source!r} "
+                             f"(supported: {', '.join(sorted(BATCH_CHUNK_COUNT_SOURCES))})")
         if config.data.source not in SOURCES:
             raise ValueError(f"unknown d2l data source {config.data.source!r} (known: {', '.join(sorted(SOURCES))})")
         self.example, self.size = SOURCES[config.data.source](self, config.data, config.seed)
@@ -164,7 +167,11 @@ class D2LMethod:
         return loss, {"loss": loss, "task_loss": task, "l1": l1, "tokens": (seg > 0).sum().astype(jnp.float32)}
 
     def data_iterator(self, process_index, process_count):
-        return IndexedBatchIterator(self.example, self.size, self.config.batch_size, collate=stack,
+        from functools import partial
+
+        from hyperlora_jax.methods.d2l_data import collate
+        trim = bool(self.config.data.get("batch_chunk_count", False))
+        return IndexedBatchIterator(self.example, self.size, self.config.batch_size, collate=partial(collate, trim_slots=trim),
                                     seed=self.config.seed, process_index=process_index, process_count=process_count)
 
     def flops_per_step(self, batch_tokens: float) -> float:

@@ -2,12 +2,18 @@
 
 Every example holds one document as ``data.max_chunks`` chunk slots [K, T] (unused slots all padding, with
 ``n_chunks`` the number used) and one chat-templated query turn + response [Tq] with the loss on the response.
+
+``data.batch_chunk_count`` (sources that support it: toy_niah): every document of a global batch has the same
+chunk count, and ``collate`` keeps only that many slots, so the step costs what its documents need (the context
+encoder dominates: a 1-chunk batch is ~4x cheaper than 4 padded slots). One compiled step per chunk count; the
+slot count is the same on every host because it is a function of the global batch index.
 """
 from __future__ import annotations
 
 import numpy as np
 
 SOURCES = {}
+BATCH_CHUNK_COUNT_SOURCES = {"toy_niah"}  # sources that can draw one chunk count per global batch
 
 
 def source(name):
@@ -15,6 +21,17 @@ def source(name):
         SOURCES[name] = fn
         return fn
     return deco
+
+
+def collate(examples: list, trim_slots: bool = False) -> dict:
+    """Stack examples; with ``trim_slots`` keep only the chunk slots some document of the batch uses
+    (ctx_ids / ctx_mask [B, K', T] with K' = max n_chunks)."""
+    from hyperlora_jax.data.iterators import stack
+    batch = stack(examples)
+    if trim_slots and "ctx_ids" in batch:
+        k = max(int(batch["n_chunks"].max()), 1)
+        batch["ctx_ids"], batch["ctx_mask"] = batch["ctx_ids"][:, :k], batch["ctx_mask"][:, :k]
+    return batch
 
 
 def chunk_slots(method, document: str, max_chunks: int):
@@ -72,13 +89,19 @@ def toy_niah(method, data_cfg, seed: int):
         raise ValueError(f"data.chunk_tokens {c} leaves {full} characters per chunk; the curriculum needs "
                          f">= {CURRICULUM_START}")
 
+    per_batch = bool(data_cfg.get("batch_chunk_count", False))
+    g = int(method.config.batch_size)
+
     def example(i):
         rng = np.random.default_rng([seed, i, 11])
-        if i < warm:
-            hi = int(round(CURRICULUM_START + (full - CURRICULUM_START) * i / warm))
+        if (i // g * g if per_batch else i) < warm:
+            hi = min(int(round(CURRICULUM_START + (full - CURRICULUM_START) * i / warm)), full)
             n, length = 1, int(rng.integers(SHORTEST_DOC, hi + 1))
         else:
-            n = int(rng.choice(len(probs), p=probs)) + 1
+            if per_batch:
+                n = int(np.random.default_rng([seed, i // g, 13]).choice(len(probs), p=probs)) + 1
+            else:
+                n = int(rng.choice(len(probs), p=probs)) + 1
             hi = n * c - overhead
             length = int(rng.integers(max(lo, (n - 1) * c - overhead + 1), max(hi, lo) + 1))
         ex = make_example(seed + 1000, i, length)
