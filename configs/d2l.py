@@ -54,9 +54,9 @@ def get_config(preset: str = "toy"):
         c.eval.update(dict(lengths=(64, 128, 256, 512, 1024), n=32, seed=1234, batch_size=16))
         c.compute_dtype = "float32"
         c.seed = 0
-        c.num_train_steps, c.batch_size = 600, 16
+        c.num_train_steps, c.batch_size = 1000, 16
         c.learning_rate, c.warmup_steps, c.end_lr_factor = 1e-3, 50, 0.1
-        c.checkpoint_every_steps, c.keep_checkpoints, c.log_every_steps = 200, 2, 20
+        c.checkpoint_every_steps, c.keep_checkpoints, c.log_every_steps = 250, 2, 20
     elif preset in ("gemma2_2b", "mistral_7b", "qwen3_4b"):
         c.model.base_model = {"gemma2_2b": "/path/to/gemma-2-2b-it", "mistral_7b": "/path/to/Mistral-7B-Instruct-v0.2",
                               "qwen3_4b": "/path/to/Qwen3-4B-Instruct-2507"}[preset]
