@@ -7,16 +7,20 @@ Suites (``--suites``, default by the config's method: d2l → niah (+ qa when --
   qa         closed-book QA token F1 / EM / ROUGE-L from local JSONL (``--qa_file``; eval/qa.py)
   t2l_bench  T2L benchmark prompts, multiple choice by log-likelihood or generation (``--bench_file``;
              eval/t2l_bench.py)
-Document suites compare no_context, in_context, in_context_truncated, d2l and cd (per-document context
-distillation, ``--cd_*``); t2l_bench compares base, description_in_prompt and t2l (``--methods`` selects).
+Document suites compare no_context, in_context, in_context_truncated (middle-truncated to ``--truncate_to`` tokens,
+default the native window), d2l and cd (per-document context distillation, ``--cd_*``, with its wall time);
+t2l_bench compares base, description_in_prompt and t2l (``--methods`` selects).
 
 ``--checkpoint``: a training workdir (or its checkpoints/), a ``convert d2l`` or ``convert t2l`` output directory
 (eval/systems.py). Without it the hypernetwork is randomly initialised and labelled "(random init)".
-Results: ``WORKDIR/eval/<name>.json`` (list of rows) and ``.md`` (tables, also printed); ``--workdir`` defaults to
-the checkpoint's training workdir. Expected errors: one line ``error: ...`` on stderr, exit status 2.
+Results: ``WORKDIR/eval/<name>.json`` (list of rows) and ``.md`` (tables, also printed), each written to a temporary
+file and renamed; ``--workdir`` defaults to the checkpoint's training workdir. ``--warmup`` (document suites) runs
+each method once untimed per length bin so that wall / adapter times leave JIT compilation out.
+Expected errors: one line ``error: ...`` on stderr, exit status 2.
 
 Examples:
-  python -m hyperlora_jax.evaluate --config=configs/d2l.py:toy --checkpoint /tmp/d2l_toy
+  python -m hyperlora_jax.evaluate --config=configs/d2l.py:toy --checkpoint /tmp/d2l_toy --workdir /tmp/ev \\
+      --n 16 --lengths 64,128,256,512,1024 --cd_steps 100 --cd_lr 1e-2 --warmup
   python -m hyperlora_jax.evaluate --config=configs/d2l.py:toy --workdir /tmp/ev --n 8 --lengths 64,256 \\
       --cd_steps 50 --cd_lr 1e-2 --qa_file my_qa.jsonl
   python -m hyperlora_jax.evaluate --config=configs/d2l.py:gemma2_2b --checkpoint ckpt/d2l_gemma \\
@@ -51,6 +55,8 @@ class Options:
     batch_size: Optional[int] = None
     max_new_tokens: Optional[int] = None
     qa_template: Optional[str] = None
+    truncate_to: Optional[int] = None
+    warmup: bool = False
     mc_mode: str = "loglik"
     cd_steps: int = 300
     cd_lr: float = 1e-4
@@ -106,6 +112,10 @@ def run(config, opts: Options) -> list[dict]:
     seed = int(opts.seed if opts.seed is not None else ev.get("seed", 42))
     n = opts.n if opts.n is not None else int(ev.get("n", 500))
     batch = int(opts.batch_size or ev.get("batch_size", 8))
+    if batch < 1 or n < 1:
+        raise ValueError(f"--batch_size and --n must be at least 1, got {batch} and {n}")
+    if opts.truncate_to is not None and opts.truncate_to < 2:
+        raise ValueError(f"--truncate_to must be a token count of at least 2, got {opts.truncate_to}")
     rows: list[dict] = []
     if config.method == "t2l":
         from hyperlora_jax.eval import t2l_bench
@@ -135,7 +145,8 @@ def run(config, opts: Options) -> list[dict]:
         cd = CDOptions(steps=opts.cd_steps, lr=opts.cd_lr, rank=opts.cd_rank, alpha=opts.cd_alpha,
                        top_k=opts.cd_top_k, target_modules=tuple(system.d2l.hyper_cfg.target_modules),
                        response_tokens=max_new, seed=seed)
-        kw = dict(batch_size=batch, max_new_tokens=max_new, cd=cd)
+        kw = dict(batch_size=batch, max_new_tokens=max_new, cd=cd, truncate_to=opts.truncate_to,
+                  warmup=opts.warmup)
         if "niah" in suites:
             if opts.niah_files:
                 for f in opts.niah_files:
@@ -174,7 +185,9 @@ def _options(FLAGS) -> Options:
         suites=split(FLAGS.suites), methods=split(FLAGS.methods), n=FLAGS.n, lengths=_ints(FLAGS.lengths, "lengths"),
         niah_files=FLAGS.niah_file or [], qa_files=FLAGS.qa_file or [], bench_files=FLAGS.bench_file or [],
         length_bins=_ints(FLAGS.length_bins, "length_bins"), batch_size=FLAGS.batch_size,
-        max_new_tokens=FLAGS.max_new_tokens, qa_template=FLAGS.qa_template, mc_mode=FLAGS.mc_mode,
+        max_new_tokens=FLAGS.max_new_tokens, qa_template=FLAGS.qa_template, truncate_to=FLAGS.truncate_to,
+        warmup=FLAGS.warmup,
+        mc_mode=FLAGS.mc_mode,
         cd_steps=FLAGS.cd_steps, cd_lr=FLAGS.cd_lr, cd_rank=FLAGS.cd_rank, cd_alpha=FLAGS.cd_alpha,
         cd_top_k=FLAGS.cd_top_k, seed=FLAGS.seed)
 
@@ -194,11 +207,13 @@ def define_flags(fv, argv: Sequence[str]):
     flags.DEFINE_string("name", "evaluate", "results file name", **kw)
     flags.DEFINE_string("suites", "", f"comma-separated subset of {', '.join(SUITES)}", **kw)
     flags.DEFINE_string("methods", "", "comma-separated methods (default: all of the suite)", **kw)
-    flags.DEFINE_integer("n", None, "examples per length bin / per file (default: config eval.n, else 500)", **kw)
+    flags.DEFINE_integer("n", None, "examples per length bin / per file, drawn with the seed; a file with fewer "
+                         "rows is used whole (default: config eval.n, else 500 as the references)", **kw)
     flags.DEFINE_string("lengths", "", "toy NIAH lengths, e.g. 64,128,256 (default: config eval.lengths)", **kw)
     flags.DEFINE_multi_string("niah_file", [], "NIAH JSONL {context, prompt, response} (repeatable)", **kw)
     flags.DEFINE_multi_string("qa_file", [], "QA JSONL {context, question, answers} (repeatable)", **kw)
-    flags.DEFINE_multi_string("bench_file", [], "T2L benchmark JSONL {description, prompt, answer, choices?}", **kw)
+    flags.DEFINE_multi_string("bench_file", [], "T2L benchmark JSONL {description, prompt, answer, choices?, labels?, "
+                              "answer_type?, prefill?} (repeatable)", **kw)
     flags.DEFINE_string("length_bins", "", "edges of context-length bins in tokens for JSONL data, e.g. 128,512",
                         **kw)
     flags.DEFINE_integer("batch_size", None, "examples per batch (default: config eval.batch_size, else 8)", **kw)
@@ -206,6 +221,10 @@ def define_flags(fv, argv: Sequence[str]):
                          **kw)
     flags.DEFINE_string("qa_template", None, "question turn template with {question} (default: the reference's)",
                         **kw)
+    flags.DEFINE_integer("truncate_to", None, "in_context_truncated: prompt + answer budget in tokens (default: the "
+                         "base model's native window, max_position_embeddings)", **kw)
+    flags.DEFINE_bool("warmup", False, "document suites: run each method once untimed on the first batch of each "
+                      "bin, so wall/adapt times leave JIT compilation out", **kw)
     flags.DEFINE_enum("mc_mode", "loglik", ["loglik", "generate"], "multiple choice by log-likelihood or generation",
                       **kw)
     flags.DEFINE_integer("cd_steps", 300, "context distillation: optimizer steps per document (reference 300)", **kw)
@@ -231,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     define_flags(fv, argv)
 
     def body(_):
+        if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+            print(__doc__.strip() + "\n\nFlags:\n" + fv.get_help(include_special_flags=False))
+            return 0
         try:
             fv(argv)
         except (AttributeError, KeyError) as e:  # a misspelt --config.key (the config is locked)

@@ -1,6 +1,8 @@
 """``python -m hyperlora_jax.evaluate``: metrics and answer extraction, the toy D2L harness end to end through the
-CLI (restored training checkpoint, every baseline, results schema), a converted official D2L checkpoint, the T2L
-benchmark on the tiny T2L fixtures, and bad input (one line, exit status 2).
+CLI (restored training checkpoint, every baseline, results schema, CD loss falling from its no-context start),
+full vs middle-truncated context past the toy window, a converted official D2L checkpoint, the T2L benchmark on the
+tiny T2L fixtures (log-likelihood) and its generation scoring with the references' answer extraction (generator
+stubbed), and bad input (one line, exit status 2).
 
 Fixtures: the shipped toy base, tests/data/eval (toy_qa.jsonl, t2l_bench.jsonl), tests/data/t2l (run_L, tiny BERT,
 tiny llama), tests/data/d2l (golden reference run + tiny gemma2). Compiled programs are shared in-process, so the
@@ -35,6 +37,9 @@ def test_squad_normalisation_f1_and_exact_match():
     assert metrics.token_f1("a b b", ["b c", "b b x"]) == pytest.approx(0.8)
     assert metrics.token_f1("nothing shared", "tower") == 0.0
     assert metrics.token_f1("", "") == 1.0 and metrics.token_f1("", "x") == 0.0
+    # bag of words, not sets: pred "x x y" vs gold "x y y": common = {x: 1, y: 1} → P = R = 2/3
+    assert metrics.token_f1("x x y", "x y y") == pytest.approx(2 / 3)
+    assert metrics.exact_match("An apple", ["apple!", "pear"]) == 1.0  # articles and punctuation go
 
 
 def test_rouge_l_lcs_and_stemming():
@@ -45,6 +50,8 @@ def test_rouge_l_lcs_and_stemming():
     assert metrics.rouge_l("running dogs", "runs dog") == 1.0            # stems: run dog / run dog
     assert metrics.rouge_l("running dogs", "runs dog", stem=False) == 0.0
     assert metrics.rouge_l("4821", ["0000", "4821"]) == 1.0 and metrics.rouge_l("", "x") == 0.0
+    # order matters (LCS, not bag of words): "b a" vs "a b": LCS 1 → P = R = 1/2
+    assert metrics.rouge_l("b a", "a b") == pytest.approx(0.5) and metrics.token_f1("b a", "a b") == 1.0
     for w, s in {"caresses": "caress", "ponies": "poni", "relational": "relat", "generalizations": "gener",
                  "hopping": "hop", "filing": "file", "adjustment": "adjust", "controll": "control"}.items():
         assert metrics.porter_stem(w) == s, w
@@ -95,7 +102,7 @@ def _config(path, preset):
 def test_cli_toy_d2l_all_methods_from_training_checkpoint(trained_workdir, capsys):
     wd, params = trained_workdir
     rc = evaluate.main([f"--config={D2L_CFG}:toy", "--checkpoint", wd, "--n", "1", "--lengths", "64,256",
-                        "--batch_size", "2", "--cd_steps", "40", "--cd_lr", "1e-2", "--max_new_tokens", "6"])
+                        "--batch_size", "1", "--cd_steps", "40", "--cd_lr", "1e-2", "--max_new_tokens", "6"])
     out = capsys.readouterr()
     assert rc == 0, out.err
     rows = json.load(open(os.path.join(wd, "eval", "evaluate.json")))  # --workdir defaults to the training workdir
@@ -117,8 +124,13 @@ def test_cli_toy_d2l_all_methods_from_training_checkpoint(trained_workdir, capsy
     cd = by[("cd", 64)]
     assert cd["exact_match"] == 1.0 and cd["cd_steps"] == 40 and cd["adapt_s"] > 0
     assert cd["cd_queries"] == "test question (oracle)"
+    # the LoRA starts at B = 0, so cd_first_loss is the no-context student's loss on the teacher's answer
+    assert cd["cd_final_loss"] < 0.5 * cd["cd_first_loss"], cd
+    assert by[("cd", 256)]["cd_final_loss"] < 0.5 * by[("cd", 256)]["cd_first_loss"]
     md = open(os.path.join(wd, "eval", "evaluate.md")).read()
     assert "| in_context_truncated |" in md and "### niah / toy_niah" in md and md.strip() in out.out
+    assert "| adapt s |" in md.splitlines()[2] and not [f for f in os.listdir(os.path.join(wd, "eval"))
+                                                          if f.endswith(".tmp")]
 
 
 def test_restored_params_are_the_checkpoint_and_random_init_is_labelled(trained_workdir, tmp_path, capsys):
@@ -126,13 +138,16 @@ def test_restored_params_are_the_checkpoint_and_random_init_is_labelled(trained_
     from hyperlora_jax.eval import systems
     wd, params = trained_workdir
     cfg = _config(D2L_CFG, "toy")
-    restored = systems.load_d2l(cfg, os.path.join(wd, "checkpoints"))
-    assert restored.method_name == "d2l" and restored.source.endswith("step 0")
+    import shutil  # --checkpoint may name checkpoints/ or checkpoints_best/ (best_metric; the same layout) itself
+    best = tmp_path / "wd" / "checkpoints_best"
+    shutil.copytree(os.path.join(wd, "checkpoints"), best)
+    restored = systems.load_d2l(cfg, str(best))
+    assert restored.method_name == "d2l" and restored.source == f"training checkpoint {best} step 0"
     same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(a, b)), restored.d2l.hyper_params, params)
     assert all(jax.tree_util.tree_leaves(same))
     # same shapes as the end-to-end run: the compiled programs are reused
     rc = evaluate.main([f"--config={D2L_CFG}:toy", "--workdir", str(tmp_path), "--n", "1", "--lengths", "64,256",
-                        "--batch_size", "2", "--methods", "d2l", "--max_new_tokens", "6", "--name", "random"])
+                        "--batch_size", "1", "--methods", "d2l", "--max_new_tokens", "6", "--name", "random"])
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "randomly initialised" in out.err
@@ -142,8 +157,41 @@ def test_restored_params_are_the_checkpoint_and_random_init_is_labelled(trained_
     assert "NOT trained" in open(tmp_path / "eval" / "random.md").read()
 
 
-def test_qa_rows_and_cd_queries():
+def test_in_context_full_beats_truncated_past_the_window(trained_workdir):
+    """Two 256-token toy examples (twice the native window W = 128) whose needle sits in the middle of the document:
+    the full prompt answers, the middle-truncated one has lost the needle; with a budget that fits, truncation is a
+    no-op and the answers are the full prompt's."""
+    from hyperlora_jax.eval import doc_eval, niah, systems
+    from hyperlora_jax.eval.cd import CDOptions
+    wd, _ = trained_workdir
+    system = systems.load_d2l(_config(D2L_CFG, "toy"), wd)
+    tok = system.tok
+    ex = [e for e in niah.toy_examples(tok, [256], 5, 1234) if "magic number is " + e.answers[0] in
+          e.document[60:-60]][:2]  # seed 1234: depths 0.37 and 0.48
+    assert len(ex) == 2
+    kw = dict(batch_size=1, max_new_tokens=6, cd=CDOptions())  # the shapes of the end-to-end run
+    runs = doc_eval.run_methods(system, ex, ["in_context", "in_context_truncated"], **kw)
+    rows = {r["method"]: r for r in doc_eval.score(system, "niah", "t", ex, runs, {256: [0, 1]},
+                                                   ("exact_match", "rouge_l"))}
+    assert rows["in_context"]["exact_match"] == 1.0
+    assert rows["in_context_truncated"]["exact_match"] == 0.0 and rows["in_context_truncated"]["window"] == 128
+    assert rows["in_context_truncated"]["truncated_fraction"] == 1.0
+    wide = doc_eval.run_methods(system, ex, ["in_context_truncated"], truncate_to=400, warmup=True, **kw)
+    assert wide["in_context_truncated"].predictions == runs["in_context"].predictions
+    assert wide["in_context_truncated"].extra["timed_after_warmup"] is True
+    assert wide["in_context_truncated"].per_example["truncated_fraction"] == [0.0, 0.0]
+
+
+def test_qa_rows_and_cd_queries(tmp_path):
     from hyperlora_jax.eval import qa
+    f = tmp_path / "dumps.jsonl"  # LongBench's "input"; SQuAD / DROP answer objects
+    f.write_text('{"context": "c", "input": "q1", "answers": {"text": ["a", "b"], "answer_start": [0, 1]}}\n'
+                 '{"context": "c", "question": "q2", "answers": {"spans": ["x"]}}\n')
+    assert [(e.prompt, e.answers) for e in qa.file_examples(str(f), None, 0, "{question}")] == \
+        [("q1", ("a", "b")), ("q2", ("x",))]
+    f.write_text('{"context": "c", "answers": "a"}\n')
+    with pytest.raises(records.EvalDataError, match="dumps.jsonl:1: missing field question"):
+        qa.file_examples(str(f), None, 0)
     ex = qa.file_examples(os.path.join(EVAL, "toy_qa.jsonl"), None, 0)
     assert [e.answers for e in ex] == [("4821",), ("0375",), ("9164", "9 1 6 4")]
     assert ex[0].prompt.startswith("Answer the following question.") and ex[0].prompt.endswith("magic number?")
@@ -212,6 +260,43 @@ def test_t2l_bench_tiny_fixtures(t2l_converted, tmp_path, capsys):
         assert (one[0], one_norm[0]) == (got[k], got_norm[k])
 
 
+def test_t2l_bench_generation_scoring_uses_the_reference_extraction(monkeypatch, tmp_path):
+    """mc_mode=generate and free-form rows are scored from the generated text by the references' extraction:
+    choice label prefix (after stripping :`'"(.) ), last number (GSM8K), first yes/no word (BoolQ), else exact match.
+    The generator is stubbed, so the expected accuracy is known exactly; list descriptions expand rows."""
+    from types import SimpleNamespace
+    from hyperlora_jax.eval import answering, t2l_bench
+    f = tmp_path / "b.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [
+        {"description": ["d1", "d2"], "prompt": "q1", "choices": ["x", "y", "z"], "answer": 1},
+        {"description": "d1", "prompt": "q2", "choices": ["x", "y"], "answer": "a", "prefill": "Answer:"},
+        {"description": "d1", "prompt": "q3", "answer": "1,250", "answer_type": "number"},
+        {"description": "d1", "prompt": "q4", "answer": "True", "answer_type": "yes_no"},
+        {"description": "d1", "prompt": "q5", "answer": ["The Cat", "dog"]}]) + "\n")
+    rows = t2l_bench.load_rows(str(f), None, 0)
+    assert [(r["description"], r["prompt"]) for r in rows][:2] == [("d1", "q1"), ("d2", "q1")] and len(rows) == 6
+    texts = {"q1": ["(B) because", "c"], "q2": [" 'a.' "], "q3": ["so 3 then 1,250 apples"],
+             "q4": ["Well, yes: it is"], "q5": ["the cat."]}
+    served = []
+
+    def fake_generate(params, cfg, tok, prompts, **kw):
+        out = []
+        for p in prompts:
+            served.append(p)
+            out.append(texts[p[0]].pop(0))
+        return out
+    monkeypatch.setattr(answering, "generate_texts", fake_generate)
+    monkeypatch.setattr(t2l_bench, "prompt_ids", lambda system, row, m: [row["prompt"], row.get("prefill")])
+    system = SimpleNamespace(base_params=None, base_cfg=None, tok=None, dtype=None, method_name="t2l", source="x")
+    [row] = t2l_bench.evaluate(system, rows, "b", ["base"], batch_size=4, max_new_tokens=8, mc_mode="generate")
+    # q1: "b" right with d1, "c" wrong with d2; q2 "a" right; q3 last number 1250 right; q4 yes = True right; q5 right
+    assert row["accuracy"] == pytest.approx(5 / 6) and row["n"] == 6 and row["questions"] == 5
+    assert row["mc_mode"] == "generate" and "accuracy_norm" not in row
+    assert ["q2", "Answer:"] in served
+    with pytest.raises(ValueError, match="unknown multiple-choice mode"):
+        t2l_bench.evaluate(system, rows, "b", ["base"], batch_size=4, max_new_tokens=8, mc_mode="sample")
+
+
 # ============================================================================================ bad input
 def test_unknown_dataset_file_exit_2_one_line(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -242,5 +327,11 @@ def test_checkpoint_of_another_model_and_bad_rows(trained_workdir, t2l_converted
     from hyperlora_jax.eval import t2l_bench
     with pytest.raises(records.EvalDataError, match="neither a choice index"):
         t2l_bench.load_rows(str(bad), None, 0)
+    assert evaluate.main(["--help"]) == 0 and "--truncate_to" in capsys.readouterr().out
     rc = evaluate.main([f"--config={D2L_CFG}:toy", "--workdir", str(tmp_path), "--config.nope=1"])
     assert rc == 2 and "unknown config key" in capsys.readouterr().err
+    for flag, val, msg in (("--truncate_to", "1", "--truncate_to must be a token count of at least 2"),
+                           ("--n", "0", "--batch_size and --n must be at least 1")):
+        rc = evaluate.main([f"--config={D2L_CFG}:toy", "--workdir", str(tmp_path), flag, val])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and msg in err[0], err

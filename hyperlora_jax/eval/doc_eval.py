@@ -3,12 +3,16 @@
 Methods (``DOC_METHODS``):
   no_context            the question alone, plain base model
   in_context            chat(document + "\\n\\n" + question): the full document, even past the native window
-  in_context_truncated  the same user turn middle-truncated (LongBench) so prompt + answer fit the native window
-                        (``max_position_embeddings``); identical to in_context when the document fits
+  in_context_truncated  the same user turn middle-truncated (LongBench) so prompt + answer fit ``truncate_to``
+                        tokens (default the native window ``max_position_embeddings``); identical to in_context
+                        when the document fits
   d2l                   the question alone + the D2L adapter of its document, internalised on the fly in batches
   cd                    the question alone + a LoRA distilled per document (eval/cd.py); its ``adapt_s`` is the
-                        distillation wall time (teacher responses + top-k + training) D2L's one forward replaces
-Every method answers greedily with ``max_new_tokens``; ``wall_s`` covers producing adapters and answering.
+                        distillation wall time (teacher responses + top-k + training) D2L's one forward replaces;
+                        ``cd_first_loss`` (the LoRA starts at B = 0, so this is the no-context student's loss) and
+                        ``cd_final_loss`` show what the distillation bought on its own documents
+Every method answers greedily with ``max_new_tokens``; ``wall_s`` covers producing adapters and answering (JIT
+compilation included unless ``warmup``).
 """
 from __future__ import annotations
 
@@ -58,58 +62,71 @@ def check_methods(methods: Sequence[str]) -> list[str]:
 
 
 def run_methods(system, examples: Sequence[DocExample], methods: Sequence[str], *, batch_size: int,
-                max_new_tokens: int, cd: CDOptions) -> dict:
-    """{method: MethodRun} for ``examples`` (``system``: eval.systems.D2LSystem)."""
+                max_new_tokens: int, cd: CDOptions, truncate_to: Optional[int] = None, warmup: bool = False) -> dict:
+    """{method: MethodRun} for ``examples`` (``system``: eval.systems.D2LSystem). Every batch has ``batch_size`` rows
+    (the last one padded), so one compiled program per method and shape serves all of them; ``warmup`` first runs
+    each method untimed on the first batch, so that ``wall_s`` / ``adapt_s`` leave JIT compilation out."""
+    out = {}
+    for m in check_methods(methods):
+        if warmup:
+            _run_one(system, m, list(examples[:batch_size]), batch_size, max_new_tokens, cd, truncate_to)
+        t0 = time.perf_counter()
+        out[m] = _run_one(system, m, examples, batch_size, max_new_tokens, cd, truncate_to)
+        out[m].wall_s = time.perf_counter() - t0
+        out[m].extra["timed_after_warmup"] = bool(warmup)
+    return out
+
+
+def _run_one(system, m: str, examples: Sequence[DocExample], batch_size: int, max_new_tokens: int, cd: CDOptions,
+             truncate_to: Optional[int]) -> MethodRun:
     tok, params, cfg = system.tok, system.params, system.cfg
     dtype = system.d2l.dtype
-    q_prompts = [ans.chat_ids(tok, e.prompt) for e in examples]
+    t0 = time.perf_counter()
     gen = lambda prompts, adapter=None: ans.generate_texts(params, cfg, tok, prompts, adapter=adapter,
                                                            max_new_tokens=max_new_tokens, batch_size=batch_size,
                                                            dtype=dtype)
-    out = {}
-    for m in check_methods(methods):
-        t0 = time.perf_counter()
-        if m == "no_context":
-            out[m] = MethodRun(gen(q_prompts), 0.0)
-        elif m == "in_context":
-            out[m] = MethodRun(gen([ans.chat_ids(tok, ans.in_context(e.document, e.prompt)) for e in examples]), 0.0)
-        elif m == "in_context_truncated":
-            W = int(cfg.max_position_embeddings)
-            contents = [ans.truncated_in_context(tok, e.document, e.prompt, W, max_new_tokens) for e in examples]
-            cut = [float(c != ans.in_context(e.document, e.prompt)) for c, e in zip(contents, examples)]
-            out[m] = MethodRun(gen([ans.chat_ids(tok, c) for c in contents]), 0.0, extra={"window": W},
-                               per_example={"truncated_fraction": cut})
-        elif m == "d2l":
-            adapters, chunks = [], []
-            for s in range(0, len(examples), batch_size):
-                adapters.append(system.d2l.make_adapter([e.document for e in examples[s:s + batch_size]]))
-                chunks += np.asarray(system.d2l.last_batch.n_ctx_chunks).tolist()
-            adapter = stack_adapters(adapters) if len(adapters) > 1 else adapters[0]
-            jax.block_until_ready(adapter.A)
-            t_ad = time.perf_counter() - t0
-            out[m] = MethodRun(gen(q_prompts, adapter), 0.0, t_ad, {"hypernet": system.source},
-                               {"mean_chunks": [float(c) for c in chunks]})
-        elif m == "cd":
-            adapters, stats = [], []
-            for idx in ans.padded_batches(len(examples), batch_size):  # fixed shapes: one compiled train step
-                part = [examples[i] for i in idx]
-                qs = [list(e.cd_queries) if e.cd_queries else [e.prompt] for e in part]
-                a, st = distill(params, cfg, tok, [e.document for e in part], qs, cd, batch_size=batch_size,
-                                dtype=dtype)
-                keep = len(dict.fromkeys(idx))  # distinct examples of this batch (the rest repeat the last one)
-                adapters.append(ans.rows_of(a, range(keep)))
-                stats.append(st)
-            adapter = stack_adapters(adapters) if len(adapters) > 1 else adapters[0]
-            jax.block_until_ready(adapter.A)
-            t_ad = time.perf_counter() - t0
-            oracle = not any(e.cd_queries for e in examples)
-            out[m] = MethodRun(gen(q_prompts, adapter), 0.0, t_ad, {
-                "cd_steps": cd.steps, "cd_lr": cd.lr, "cd_final_loss": float(np.mean([s["cd_final_loss"]
-                                                                                         for s in stats])),
-                "cd_queries": "test question (oracle)" if oracle else "data cd_queries",
-                "adapt_s_per_doc": t_ad / len(examples)})
-        out[m].wall_s = time.perf_counter() - t0
-    return out
+    q_prompts = lambda: [ans.chat_ids(tok, e.prompt) for e in examples]
+    if m == "no_context":
+        return MethodRun(gen(q_prompts()), 0.0)
+    if m == "in_context":
+        return MethodRun(gen([ans.chat_ids(tok, ans.in_context(e.document, e.prompt)) for e in examples]), 0.0)
+    if m == "in_context_truncated":
+        W = int(truncate_to or cfg.max_position_embeddings)
+        contents = [ans.truncated_in_context(tok, e.document, e.prompt, W, max_new_tokens) for e in examples]
+        cut = [float(c != ans.in_context(e.document, e.prompt)) for c, e in zip(contents, examples)]
+        return MethodRun(gen([ans.chat_ids(tok, c) for c in contents]), 0.0, extra={"window": W},
+                         per_example={"truncated_fraction": cut})
+    if m == "d2l":
+        adapters, chunks = [], []
+        for idx in ans.padded_batches(len(examples), batch_size):  # fixed shapes, as generation
+            keep = len(dict.fromkeys(idx))  # distinct examples of this batch (the rest repeat the last one)
+            a = system.d2l.make_adapter([examples[i].document for i in idx])
+            adapters.append(ans.rows_of(a, range(keep)) if keep < len(idx) else a)
+            chunks += np.asarray(system.d2l.last_batch.n_ctx_chunks).tolist()[:keep]
+        adapter = stack_adapters(adapters) if len(adapters) > 1 else adapters[0]
+        jax.block_until_ready(adapter.A)
+        t_ad = time.perf_counter() - t0
+        return MethodRun(gen(q_prompts(), adapter), 0.0, t_ad, {"hypernet": system.source},
+                         {"mean_chunks": [float(c) for c in chunks]})
+    assert m == "cd", m
+    adapters, stats = [], []
+    for idx in ans.padded_batches(len(examples), batch_size):  # fixed shapes: one compiled train step
+        part = [examples[i] for i in idx]
+        qs = [list(e.cd_queries) if e.cd_queries else [e.prompt] for e in part]
+        a, st = distill(params, cfg, tok, [e.document for e in part], qs, cd, batch_size=batch_size, dtype=dtype)
+        keep = len(dict.fromkeys(idx))
+        adapters.append(ans.rows_of(a, range(keep)))
+        stats.append(st)
+    adapter = stack_adapters(adapters) if len(adapters) > 1 else adapters[0]
+    jax.block_until_ready(adapter.A)
+    t_ad = time.perf_counter() - t0
+    oracle = not any(e.cd_queries for e in examples)
+    return MethodRun(gen(q_prompts(), adapter), 0.0, t_ad, {
+        "cd_steps": cd.steps, "cd_lr": cd.lr,
+        "cd_first_loss": float(np.mean([s["cd_first_loss"] for s in stats])),
+        "cd_final_loss": float(np.mean([s["cd_final_loss"] for s in stats])),
+        "cd_queries": "test question (oracle)" if oracle else "data cd_queries",
+        "adapt_s_per_doc": t_ad / len(examples)})
 
 
 def method_label(system, m: str) -> str:

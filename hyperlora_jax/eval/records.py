@@ -8,7 +8,8 @@ Results: ``WORKDIR/eval/<name>.json`` — a list of rows, each a flat dict
   {"suite", "dataset", "method", "length" (length bin; null where none), <metric>: value in [0, 1] ..., "n",
    "wall_s" (adapter production + answering, seconds, JIT compilation included), optional "adapt_s" (producing the
    adapters / distilled LoRAs alone), "hypernet" (where the hypernetwork came from), extra per-method fields}
-and ``WORKDIR/eval/<name>.md`` with one Markdown table per (suite, dataset), also printed.
+and ``WORKDIR/eval/<name>.md`` with one Markdown table per (suite, dataset), also printed. Both are written to a
+temporary file and renamed, so a reader never sees a partial file.
 """
 from __future__ import annotations
 
@@ -63,10 +64,13 @@ def read_jsonl(path: str, required: Sequence[str] = ()) -> list[dict]:
 def answers_of(row: dict, path: str, key: str = "answers") -> list[str]:
     """The gold answers of a row as a non-empty list of strings (a string, or a list of strings)."""
     a = row[key]
+    if isinstance(a, dict):  # Hugging Face layouts: SQuAD / ROPES {"text": [...]}, DROP answers_spans {"spans": [...]}
+        a = a.get("text", a.get("spans"))
     if isinstance(a, str):
         a = [a]
     if not isinstance(a, list) or not a or not all(isinstance(x, (str, int, float)) for x in a):
-        raise EvalDataError(f"{path}:{row.get('_line')}: {key!r} must be a string or a non-empty list of strings")
+        raise EvalDataError(f"{path}:{row.get('_line')}: {key!r} must be a string, a non-empty list of strings or "
+                            f"an object with a non-empty 'text' / 'spans' list")
     return [str(x) for x in a]
 
 
@@ -109,18 +113,27 @@ def markdown(rows: Sequence[dict]) -> str:
         methods = list(dict.fromkeys(r["method"] for r in rs))
         cols = [(L, m) for L in lengths for m in metrics]
         head = [f"{m}" if L is None else f"{L}: {m}" for L, m in cols]
+        adapt = any("adapt_s" in r for r in rs)
         out += [f"### {suite} / {ds} (values in %, n = examples per cell)", "",
-                "| method | " + " | ".join(head) + " | n | wall s |", "|---" * (len(cols) + 3) + "|"]
+                "| method | " + " | ".join(head) + " | n | wall s |" + (" adapt s |" if adapt else ""),
+                "|---" * (len(cols) + 3 + adapt) + "|"]
         by = {(r["method"], r.get("length")): r for r in rs}
         for meth in methods:
             cells = [_fmt(by[(meth, L)][m]) if (meth, L) in by and m in by[(meth, L)] else "–" for L, m in cols]
             mine = [by[(meth, L)] for L in lengths if (meth, L) in by]
             n = sorted({r["n"] for r in mine})
             wall = sum(r.get("wall_s", 0.0) for r in mine)
-            out.append(f"| {meth} | " + " | ".join(cells) + f" | {'/'.join(map(str, n))} | {wall:.2f} |")
+            line = f"| {meth} | " + " | ".join(cells) + f" | {'/'.join(map(str, n))} | {wall:.2f} |"
+            if adapt:
+                ad = [r["adapt_s"] for r in mine if "adapt_s" in r]
+                line += f" {sum(ad):.2f} |" if ad else " – |"
+            out.append(line)
         notes = sorted({r["note"] for r in rs if r.get("note")})
         out += [""] + [f"* {t}" for t in notes] + ([""] if notes else [])
-    out.append("Times include JIT compilation of each new shape.")
+    out.append("wall s: producing adapters + answering, summed over the row's cells; adapt s: producing the adapters "
+               "alone (D2L: internalising the documents; CD: distilling one LoRA per document; T2L: generating from "
+               "the descriptions). " + ("Times leave JIT compilation out (--warmup)." if rows and all(
+        r.get("timed_after_warmup") for r in rows) else "Times include JIT compilation of each new shape."))
     return "\n".join(out)
 
 

@@ -2,7 +2,8 @@
 
 ``--checkpoint`` may be
   a training workdir (``WORKDIR/checkpoints/<step>/``, written by ``python -m hyperlora_jax.train``) or its
-      ``checkpoints/`` directory: the trainable parameters are restored read-only (nothing is moved or deleted);
+      ``checkpoints/`` or ``checkpoints_best/`` directory (the best checkpoint, when ``best_metric`` is set): the
+      trainable parameters are restored read-only (nothing is moved or deleted);
       a checkpoint of a different model (method / shapes fingerprint) is refused naming the differing fields;
   a converted D2L checkpoint (``python -m hyperlora_jax.convert d2l`` output: ``config.json`` format
       ``hyperlora_jax.d2l``), loaded through :mod:`hyperlora_jax.d2l.checkpoint`; its base model is the config's
@@ -48,14 +49,24 @@ def checkpoint_kind(path: str) -> tuple[str, str]:
             return "t2l", path
     if os.path.isdir(os.path.join(path, "checkpoints")):
         return "train", path
-    if os.path.basename(os.path.normpath(path)) == "checkpoints":
+    if os.path.basename(os.path.normpath(path)) in ("checkpoints", "checkpoints_best"):
         return "train", os.path.dirname(os.path.abspath(path))
     raise EvalSetupError(f"--checkpoint {path!r} is neither a training workdir (no checkpoints/ inside) nor a "
                          f"converted D2L/T2L checkpoint (config.json with format hyperlora_jax.d2l / .t2l)")
 
 
+def train_checkpoint_dir(path: str) -> str:
+    """The Orbax directory of ``--checkpoint path``: ``path`` itself when it is a ``checkpoints/`` or
+    ``checkpoints_best/`` directory, else ``path/checkpoints``."""
+    path = os.path.abspath(path)
+    if os.path.basename(os.path.normpath(path)) in ("checkpoints", "checkpoints_best"):
+        return path
+    return os.path.join(path, "checkpoints")
+
+
 def restore_trainable(method, config, workdir: str, step: Optional[int] = None):
-    """(trainable params, step) restored read-only from a training workdir, after the fingerprint check."""
+    """(trainable params, step) restored read-only from a training workdir (or its ``checkpoints/`` /
+    ``checkpoints_best/``), after the fingerprint check."""
     import orbax.checkpoint as ocp
 
     from hyperlora_jax.checkpoint import CheckpointMismatchError
@@ -63,7 +74,7 @@ def restore_trainable(method, config, workdir: str, step: Optional[int] = None):
     from hyperlora_jax.sharding import param_shardings, replicated
     from hyperlora_jax.train import _fingerprint
 
-    ckdir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    ckdir = train_checkpoint_dir(workdir)
     if not os.path.isdir(ckdir):
         raise EvalSetupError(f"{workdir!r} has no checkpoints/ directory")
     tx = make_optimizer(config, getattr(method, "decay_mask", None))
@@ -151,8 +162,8 @@ def load_d2l(config, checkpoint: Optional[str] = None, step: Optional[int] = Non
     from hyperlora_jax.methods.d2l import D2LMethod
     method = D2LMethod(config, _mesh(config))
     if kind == "train":
-        params, st = restore_trainable(method, config, path, step)
-        name, source = "d2l", f"training checkpoint {os.path.abspath(path)} step {st}"
+        params, st = restore_trainable(method, config, checkpoint, step)
+        name, source = "d2l", f"training checkpoint {train_checkpoint_dir(checkpoint)} step {st}"
     else:
         params = jax.device_get(method.init_trainable(jax.random.PRNGKey(int(config.seed))))
         name, source = "d2l (random init)", RANDOM_INIT
@@ -242,8 +253,8 @@ def load_t2l(config, checkpoint: Optional[str] = None, step: Optional[int] = Non
     if method.mode != "sft":
         raise EvalSetupError("the T2L benchmark evaluates SFT configs (t2l.mode = 'sft')")
     if kind == "train":
-        params, st = restore_trainable(method, config, path, step)
-        name, source = "t2l", f"training checkpoint {os.path.abspath(path)} step {st}"
+        params, st = restore_trainable(method, config, checkpoint, step)
+        name, source = "t2l", f"training checkpoint {train_checkpoint_dir(checkpoint)} step {st}"
     else:
         params = jax.device_get(method.init_trainable(jax.random.PRNGKey(int(config.seed))))
         name, source = "t2l (random init)", RANDOM_INIT

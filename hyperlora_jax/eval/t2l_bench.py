@@ -1,18 +1,25 @@
 """T2L benchmark prompts (spec T2L.md section 9): adapters generated on the fly from task descriptions.
 
 Input: local JSONL files (``--bench_file``, repeatable; dataset = file name), one row per question:
-  {"description": str, "prompt": str, "answer": str | int | [str, ...],
-   "choices"?: [str, ...], "labels"?: [str, ...] (default a, b, c, ...), "answer_type"?: "number" | "text"}
+  {"description": str | [str, ...], "prompt": str, "answer": str | int | [str, ...],
+   "choices"?: [str, ...], "labels"?: [str, ...] (default a, b, c, ...),
+   "answer_type"?: "number" | "yes_no" | "text", "prefill"?: str}
+A list of descriptions evaluates the question once per description (the references generate one LoRA for each of
+a task's held-out descriptions and average the scores, spec T2L.md 9.3); ``n`` counts questions before that.
+``prefill`` is text the assistant turn starts with, after the chat template's generation prompt (the references'
+"Let's think step by step." for GSM8K, "Answer:" with ICL); it is part of the prompt for every method.
 Multiple choice (rows with ``choices``; ``answer`` = index, choice text or label):
   loglik    argmax over choices of the summed log-probability of the choice tokens after the prompt
             (``generation.score``); ``accuracy_norm`` uses the per-token mean instead of the sum
   generate  greedy answer, the reference's choice extraction (``metrics.extract_choice``) against the label
-Free-form rows: greedy answer; ``answer_type: "number"`` → the last number must equal the answer (GSM8K),
-otherwise SQuAD-normalised exact match against any gold answer.
+Free-form rows: greedy answer; ``answer_type: "number"`` → the last number must equal the answer (GSM8K);
+``"yes_no"`` → the first yes/no/true/false word must agree with the answer (BoolQ); otherwise SQuAD-normalised exact
+match against any gold answer.
 Methods: ``base`` (no adapter), ``description_in_prompt`` (description + "\\n\\n" + prompt, the references' baseline)
 and ``t2l`` (one adapter per distinct description, generated in batches; ``adapt_s`` is their generation time).
 Prompts are chat-templated user turns (with an empty system turn when the config's ``data.system_turn``).
-Rows: {"suite": "t2l_bench", "dataset", "method", "length": null, "accuracy", ["accuracy_norm"], "n", "wall_s", ...}.
+Rows: {"suite": "t2l_bench", "dataset", "method", "length": null, "accuracy", ["accuracy_norm"], "n" (question ×
+description pairs), "questions", "wall_s", ...}.
 """
 from __future__ import annotations
 
@@ -29,18 +36,34 @@ from hyperlora_jax.lora import stack_adapters
 
 T2L_METHODS = ("base", "description_in_prompt", "t2l")
 MC_MODES = ("loglik", "generate")
+ANSWER_TYPES = ("text", "number", "yes_no")
 
 
 def load_rows(path: str, n, seed: int) -> list[dict]:
     """Validated rows: adds ``_target`` (choice index) for multiple-choice rows and ``_answers`` for free-form."""
     rows = records.sample(records.read_jsonl(path, ("description", "prompt", "answer")), n, seed)
-    for r in rows:
+    for q, r in enumerate(rows):
         where = f"{path}:{r['_line']}"
-        if not isinstance(r["description"], str) or not r["description"].strip():
-            raise records.EvalDataError(f"{where}: 'description' must be a non-empty string")
+        d = r["description"]
+        if not (isinstance(d, str) and d.strip()) and not (isinstance(d, list) and d and
+                                                           all(isinstance(x, str) and x.strip() for x in d)):
+            raise records.EvalDataError(f"{where}: 'description' must be a non-empty string or a non-empty list of "
+                                        "them")
+        if not isinstance(r.get("prompt"), str):
+            raise records.EvalDataError(f"{where}: 'prompt' must be a string")
+        if not isinstance(r.get("prefill", ""), str):
+            raise records.EvalDataError(f"{where}: 'prefill' must be a string")
+        if r.get("answer_type", "text") not in ANSWER_TYPES:
+            raise records.EvalDataError(f"{where}: unknown answer_type {r['answer_type']!r} (known: "
+                                        f"{', '.join(ANSWER_TYPES)})")
+        r["_question"] = q
         ch = r.get("choices")
         if ch is None:
             r["_answers"] = records.answers_of(r, path, "answer")
+            if r.get("answer_type") == "yes_no":
+                bad = [a for a in r["_answers"] if metrics.extract_yes_no(a) is None]
+                if bad:
+                    raise records.EvalDataError(f"{where}: yes_no answer {bad[0]!r} is not yes/no/true/false")
             continue
         if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) and c for c in ch):
             raise records.EvalDataError(f"{where}: 'choices' must be a list of at least two non-empty strings")
@@ -57,11 +80,23 @@ def load_rows(path: str, n, seed: int) -> list[dict]:
             r["_target"] = r["labels"].index(a.strip().lower())
         else:
             raise records.EvalDataError(f"{where}: answer {a!r} is neither a choice index, a choice nor a label")
-    return rows
+    out = []
+    for r in rows:  # one row per (question, description)
+        for d in ([r["description"]] if isinstance(r["description"], str) else r["description"]):
+            out.append(dict(r, description=d))
+    return out
 
 
 def _content(row: dict, method: str) -> str:
     return f"{row['description']}\n\n{row['prompt']}" if method == "description_in_prompt" else row["prompt"]
+
+
+def prompt_ids(system, row: dict, method: str) -> list[int]:
+    """The chat-templated user turn + generation prompt, then the row's assistant prefill (if any)."""
+    ids = ans.chat_ids(system.tok, _content(row, method), system.system_turn)
+    if row.get("prefill"):
+        ids += [int(t) for t in system.tok(row["prefill"], add_special_tokens=False)["input_ids"]]
+    return ids
 
 
 def _loglik(system, prompts, rows, adapter, desc_idx, batch_size) -> tuple[list, list]:
@@ -107,7 +142,7 @@ def evaluate(system, rows: Sequence[dict], dataset: str, methods: Sequence[str],
             adapter = stack_adapters(parts) if len(parts) > 1 else parts[0]
             jax.block_until_ready(adapter.A)
             adapt_s = time.perf_counter() - t0
-        prompts = [ans.chat_ids(system.tok, _content(r, m), system.system_turn) for r in rows]
+        prompts = [prompt_ids(system, r, m) for r in rows]
         correct = np.zeros(len(rows))
         norm = None
         if mc and mc_mode == "loglik":
@@ -128,12 +163,17 @@ def evaluate(system, rows: Sequence[dict], dataset: str, methods: Sequence[str],
                     correct[i] = float(metrics.extract_choice(t, r["labels"]) == r["labels"][r["_target"]])
                 elif r.get("answer_type") == "number":
                     correct[i] = max(metrics.number_match(t, a) for a in r["_answers"])
+                elif r.get("answer_type") == "yes_no":
+                    got = metrics.extract_yes_no(t)
+                    correct[i] = float(got is not None and any(got == metrics.extract_yes_no(a)
+                                                               for a in r["_answers"]))
                 else:
                     correct[i] = metrics.exact_match(t, r["_answers"])
                 if norm is not None and "choices" not in r:
                     norm[i] = correct[i]
         row = {"suite": "t2l_bench", "dataset": dataset, "method": system.method_name if m == "t2l" else m,
                "length": None, "accuracy": float(correct.mean()), "n": len(rows),
+               "questions": len({r["_question"] for r in rows}),
                "wall_s": time.perf_counter() - t0, "mc_mode": mc_mode if mc else None}
         if norm is not None:
             row["accuracy_norm"] = float(norm.mean())
