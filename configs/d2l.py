@@ -9,8 +9,21 @@ Presets:
                   context distillation with top-16, L1 0.1, NEFTune 5, lr 4e-5 cosine, 80k steps, grad-accum 8).
   gemma2_2b_niah  NIAH (early_exit at L//4, 208 latents x 8 blocks, CE, L1 1.5, NEFTune 0, grad-accum 16).
   mistral_7b, qwen3_4b   the main experiment on those base models (same hyperparameters).
-The published presets need model.base_model (a local HF directory) and a d2l_qa data source (see the data issue);
-paths are placeholders to override on the command line.
+The published presets need model.base_model (a local HF directory) and a prepared dataset; paths are placeholders
+to override on the command line, e.g.
+  --config.model.base_model=/models/gemma-2-2b-it --config.data.tfds_dir=/data/tfds --config.data.tfds_name=d2l_qa/mine
+
+Data keys (data.*):
+  source          toy_niah (generated, toy preset) | d2l_qa | niah (prepared TFDS datasets, methods/d2l_sources.py)
+  tfds_dir        directory the d2l_qa / niah dataset was prepared in with hyperlora_jax.data.tfds (array_record)
+  tfds_name       builder[/config[/version]]; '' = d2l_qa (its default config) resp. niah/reference
+  split           TFDS split string, e.g. train, train[:95%], train_32_128+train_128_256
+  chunk_tokens, max_chunks, chunk_probs, min_chunk_tokens   the reference's training chunking: chunk count drawn
+                  from chunk_probs (counts 1..len) within ceil(L/chunk_tokens)..ceil(L/min_chunk_tokens) for L
+                  templated context ids; documents needing more than max_chunks chunks are skipped and counted
+  query_len       student row length (QA turn + response); longer QAs are skipped and counted (max_qas_len)
+  max_response_tokens, teacher_len   loss.kind 'kd' only: response positions R and the teacher row length
+                  (document in context + the same QA; 0 = max_chunks*chunk_tokens + query_len + 16)
 """
 import ml_collections
 
@@ -27,7 +40,8 @@ def _common():
     c.loss = ml_collections.ConfigDict(dict(kind="kd", top_k=16, l1_coef=0.1, neftune_alpha=5.0))
     c.data = ml_collections.ConfigDict(dict(source="d2l_qa", chunk_tokens=512, max_chunks=1, chunk_probs=(1.0,),
                                             query_len=2048, min_doc_len=25, curriculum_examples=0,
-                                            batch_chunk_count=False))
+                                            batch_chunk_count=False, tfds_dir="", tfds_name="", split="train",
+                                            min_chunk_tokens=25, max_response_tokens=256, teacher_len=0))
     c.eval = ml_collections.ConfigDict(dict(lengths=(), n=100, seed=1234, batch_size=8))
     # the references' optimiser: AdamW lr 4e-5, cosine to 1e-7 after 100 warm-up steps, weight decay 0.01
     c.learning_rate, c.warmup_steps, c.schedule, c.end_lr_factor = 4e-5, 100, "cosine", 1e-7 / 4e-5
@@ -65,7 +79,8 @@ def get_config(preset: str = "toy"):
         c.model.base_model = "/path/to/gemma-2-2b-it"
         c.model.update(dict(ctx_encoder_type="early_exit", layer_idx=0, n_latent_queries=208, num_blocks=8))
         c.loss.update(dict(kind="ce", l1_coef=1.5, neftune_alpha=0.0))
-        c.data.update(dict(source="niah", max_chunks=8, chunk_probs=(0.5, 0.125) + (0.0625,) * 6))
+        c.data.update(dict(source="niah", max_chunks=8, chunk_probs=(0.5, 0.125) + (0.0625,) * 6,
+                           tfds_name="niah/reference", split="train_32_128+train_128_256", query_len=256))
         c.seed, c.grad_accum_steps, c.batch_size, c.num_train_steps = 1, 16, 16, 20_000
     else:
         raise ValueError(f"unknown preset {preset!r} for configs/d2l.py "
