@@ -6,7 +6,8 @@ Presets:
   toy             the embedded toy world: NIAH on the shipped toy base (window W = 128), CE objective, chunking;
                   ends with the NIAH table (no context / in context / D2L at W/2 .. 8W) in W/eval/results.json.
   gemma2_2b       main experiment, stage 1 (per_layer_activations, down_proj r=8, perceiver 8 latents x 9 blocks,
-                  context distillation with top-16, L1 0.1, NEFTune 5, lr 4e-5 cosine, 80k steps, grad-accum 8).
+                  context distillation with top-16, L1 0.1, NEFTune 5, lr 4e-5 cosine, 80k steps, grad-accum 8;
+                  contexts up to 4096 tokens as one chunk, as the reference's stage 1 never chunks).
   gemma2_2b_niah  NIAH (early_exit at L//4, 208 latents x 8 blocks, CE, L1 1.5, NEFTune 0, grad-accum 16).
   mistral_7b, qwen3_4b   the main experiment on those base models (same hyperparameters).
 The published presets need model.base_model (a local HF directory) and a prepared dataset; paths are placeholders
@@ -75,6 +76,8 @@ def get_config(preset: str = "toy"):
         c.model.base_model = {"gemma2_2b": "/path/to/gemma-2-2b-it", "mistral_7b": "/path/to/Mistral-7B-Instruct-v0.2",
                               "qwen3_4b": "/path/to/Qwen3-4B-Instruct-2507"}[preset]
         c.num_train_steps, c.batch_size, c.grad_accum_steps = 80_000, 8, 8
+        # stage 1 does not chunk: contexts up to the reference's packed context length (4096) are one chunk
+        c.data.chunk_tokens = 4096
     elif preset == "gemma2_2b_niah":
         c.model.base_model = "/path/to/gemma-2-2b-it"
         c.model.update(dict(ctx_encoder_type="early_exit", layer_idx=0, n_latent_queries=208, num_blocks=8))
