@@ -100,6 +100,27 @@ def time_fn(fn: Callable, repeats: int = 3, min_time: float = 0.0) -> dict:
     return {"first_s": first, "steady_s": times[len(times) // 2], "min_s": times[0], "n": len(times)}
 
 
+def time_pair(fa: Callable, fb: Callable, repeats: int = 3) -> tuple[dict, dict]:
+    """Like ``time_fn`` for two functions whose ratio is wanted: each is called once first (compile + first run),
+    then ``repeats`` calls of each alternate (a b b a a b ...), so both see the same machine load; medians."""
+    out = []
+    for f in (fa, fb):
+        t0 = time.perf_counter()
+        block(f())
+        out.append({"first_s": time.perf_counter() - t0, "times": []})
+    for i in range(repeats):
+        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+            f = (fa, fb)[j]
+            t0 = time.perf_counter()
+            block(f())
+            out[j]["times"].append(time.perf_counter() - t0)
+    res = []
+    for o in out:
+        ts = sorted(o["times"])
+        res.append({"first_s": o["first_s"], "steady_s": ts[len(ts) // 2], "min_s": ts[0], "n": len(ts)})
+    return res[0], res[1]
+
+
 def machine() -> dict:
     import jax
     try:
