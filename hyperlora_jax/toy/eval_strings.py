@@ -22,10 +22,10 @@ import os
 import time
 from typing import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperlora_jax.generation import generate
 from hyperlora_jax.lora import Adapter
 from hyperlora_jax.toy import string_tasks as st
 
@@ -79,25 +79,54 @@ def take_rows(adapter: Adapter, idx: Sequence[int]) -> Adapter:
                    {m: jnp.take(b, ix, axis=1) for m, b in adapter.B.items()}, jnp.take(adapter.scale, ix))
 
 
+def max_new_tokens(tok) -> int:
+    """One generation length for every task and split (so one program compiles): the longest answer any task gives
+    on a longest word, in tokens, plus the end token and one spare."""
+    word = "bcdefa"[:st.MAX_LEN]
+    return max(len(tok(st.apply_task(t, word), add_special_tokens=False)["input_ids"]) for t in st.TASK_NAMES) + 2
+
+
+def zero_adapter(like: Adapter, n: int) -> Adapter:
+    """n rows of an adapter shaped as ``like`` with B = 0 (exactly the base model), so the base model runs through
+    the same compiled program as the adapters."""
+    return Adapter({m: jnp.zeros((a.shape[0], n) + a.shape[2:], a.dtype) for m, a in like.A.items()},
+                   {m: jnp.zeros((b.shape[0], n) + b.shape[2:], b.dtype) for m, b in like.B.items()},
+                   jnp.zeros((n,), jnp.float32))
+
+
 def exact_match(params, cfg, tok, contents: Sequence[str], answers: Sequence[str], *, adapter: Adapter | None = None,
                 batch_size: int = 64) -> np.ndarray:
     """Greedy generation for each user turn ``contents[i]`` (with adapter row i, if given); [N] bool: the decoded
-    answer (special tokens dropped, stripped) equals ``answers[i]``. The last batch is padded by repeating its last
-    row, so one program per prompt-length bucket is compiled."""
+    answer (special tokens dropped, stripped) equals ``answers[i]``. Every batch has ``batch_size`` rows (the last
+    one padded by repeating its last row), prompts are left-padded to one length for the whole call and the
+    generation length is ``max_new_tokens(tok)``: one compiled program per call shape."""
+    from hyperlora_jax.generation import _bucket, _generate, left_pad
     if len(contents) != len(answers):
         raise ValueError(f"{len(contents)} prompts but {len(answers)} answers")
+    if not contents:
+        raise ValueError("no prompts to evaluate")
     if adapter is not None and adapter.batch_size != len(contents):
         raise ValueError(f"adapter has {adapter.batch_size} rows for {len(contents)} prompts")
-    max_new = max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) + 2
+    max_new = max_new_tokens(tok)
+    if max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) + 1 > max_new:
+        raise ValueError("an answer is longer than the toy's generation length")
     stops = sorted(set(cfg.eos_token_ids) | {tok.eos_token_id})
+    stop_arr = jnp.asarray(stops, jnp.int32)
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+    all_prompts = [chat_ids(tok, c) for c in contents]
+    length = _bucket(max(len(p) for p in all_prompts))
     hits = []
     for s in range(0, len(contents), batch_size):
         idx = list(range(s, min(s + batch_size, len(contents))))
         padded = idx + [idx[-1]] * (batch_size - len(idx))
-        prompts = [chat_ids(tok, contents[i]) for i in padded]
+        ids, mask = left_pad([all_prompts[i] for i in padded], length, pad)
         ad = take_rows(adapter, padded) if adapter is not None else None
-        out = generate(params, cfg, prompts, adapter=ad, max_new_tokens=max_new, stop_tokens=stops)
-        hits += [tok.decode(o, skip_special_tokens=True).strip() == answers[i] for i, o in zip(idx, out)]
+        out = np.asarray(_generate(params, jnp.asarray(ids), jnp.asarray(mask), ad, jax.random.PRNGKey(0),
+                                   jnp.float32(0.0), jnp.float32(1.0), stop_arr, jnp.int32(pad), cfg=cfg,
+                                   max_new_tokens=max_new, dtype=jnp.float32))
+        for i, row in zip(idx, out.tolist()):
+            cut = next((j + 1 for j, t in enumerate(row) if t in stops), len(row))
+            hits.append(tok.decode(row[:cut], skip_special_tokens=True).strip() == answers[i])
     return np.asarray(hits, bool)
 
 
@@ -124,10 +153,13 @@ def evaluate(params, cfg, tok, *, t2l_adapters: Callable[[list[Item]], Adapter] 
     for split in SPLITS:
         items = eval_items(split, n_per_description, seed)
         words, answers = [it.word for it in items], [it.answer for it in items]
+        t2l = t2l_adapters(items) if (t2l_adapters is not None and "t2l" in methods) else None
+        like = next((a for a in (oracle, t2l, multi) if a is not None), None)
         for m in methods:
             t0 = time.perf_counter()
-            if m == "base":
-                hits = exact_match(params, cfg, tok, words, answers, batch_size=batch_size)
+            if m == "base":   # through a zero adapter (= the base model): the adapters' compiled program
+                hits = exact_match(params, cfg, tok, words, answers, batch_size=batch_size,
+                                   adapter=zero_adapter(like, len(items)) if like is not None else None)
             elif m == "multitask_lora" and multi is not None:
                 from hyperlora_jax.methods.toy_strings import user_content
                 hits = exact_match(params, cfg, tok, [user_content(it.word, it.description) for it in items],
@@ -135,9 +167,8 @@ def evaluate(params, cfg, tok, *, t2l_adapters: Callable[[list[Item]], Adapter] 
             elif m == "oracle_lora" and oracle is not None:
                 ad = take_rows(oracle, [st.TASK_NAMES.index(it.task) for it in items])
                 hits = exact_match(params, cfg, tok, words, answers, adapter=ad, batch_size=batch_size)
-            elif m == "t2l" and t2l_adapters is not None:
-                hits = exact_match(params, cfg, tok, words, answers, adapter=t2l_adapters(items),
-                                   batch_size=batch_size)
+            elif m == "t2l" and t2l is not None:
+                hits = exact_match(params, cfg, tok, words, answers, adapter=t2l, batch_size=batch_size)
             else:
                 log.warning("eval: skipping %s (no adapter given)", m)
                 continue
@@ -161,11 +192,14 @@ def format_table(rows: list[dict]) -> str:
 
 
 def write_results(rows: list[dict], workdir: str) -> str:
+    """WORKDIR/eval/results.json (written to a temporary file, then renamed)."""
     out_dir = os.path.join(workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.json")
-    with open(path, "w") as f:
+    tmp = path + f".tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
         json.dump(rows, f, indent=1)
+    os.replace(tmp, path)
     return path
 
 
@@ -183,11 +217,15 @@ def evaluate_t2l_run(method, trainable, workdir: str) -> dict:
         rows = [table[(it.task, it.desc_k)] for it in items]
         return method.adapters_for(trainable, emb[rows])
 
+    methods = tuple(ec.get("methods", METHODS))
+    if not methods:
+        log.info("eval: eval.methods is empty, no evaluation")
+        return None
     base = method.frozen()["base"]
     rows = evaluate(base, method.model_cfg, method.format_pair.tok, t2l_adapters=t2l_adapters,
                     oracle_root=ec.get("oracle_dir", "") or "", multitask_dir=ec.get("multitask_dir", "") or "",
                     n_per_description=int(ec.n_per_description), seed=int(ec.seed),
-                    batch_size=int(ec.get("batch_size", 64)))
+                    batch_size=int(ec.get("batch_size", 64)), methods=methods)
     path = write_results(rows, workdir)
     print(format_table(rows), flush=True)
     return {"results": path, "rows": rows}
