@@ -58,9 +58,6 @@ def _strings(c):
     c.warmup_steps = 100
     c.log_every_steps = 50
     c.checkpoint_every_steps = 500
-    c.model.hf_config = {"model_type": "llama", "vocab_size": 108, "hidden_size": 96, "intermediate_size": 256,
-                         "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 24,
-                         "max_position_embeddings": 160, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-                         "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 4, "pad_token_id": 5}
+    c.model.hf_config = dict(c.model.hf_config, max_position_embeddings=160)  # same architecture as the NIAH base
     c.data = ml_collections.ConfigDict({"source": "toy_strings", "seq_len": 28, "tag_prob": 0.5, "tokenizer": ""})
     return c

@@ -147,6 +147,16 @@ class D2LSystem:
         return self.d2l.base_cfg
 
 
+def _trained_or_fresh(method, config, kind, checkpoint, step, label):
+    """(params, method name, provenance) of a trainer plug-in: restored from a training checkpoint
+    (``kind == "train"``) or freshly initialised and labelled as such."""
+    if kind == "train":
+        params, st = restore_trainable(method, config, checkpoint, step)
+        return params, label, f"training checkpoint {train_checkpoint_dir(checkpoint)} step {st}"
+    params = jax.device_get(method.init_trainable(jax.random.PRNGKey(int(config.seed))))
+    return params, f"{label} (random init)", RANDOM_INIT
+
+
 def load_d2l(config, checkpoint: Optional[str] = None, step: Optional[int] = None) -> D2LSystem:
     from hyperlora_jax.d2l.api import DocToLoRA
 
@@ -161,12 +171,7 @@ def load_d2l(config, checkpoint: Optional[str] = None, step: Optional[int] = Non
         return D2LSystem(d2l, "d2l", f"converted checkpoint {os.path.abspath(path)}", toy)
     from hyperlora_jax.methods.d2l import D2LMethod
     method = D2LMethod(config, _mesh(config))
-    if kind == "train":
-        params, st = restore_trainable(method, config, checkpoint, step)
-        name, source = "d2l", f"training checkpoint {train_checkpoint_dir(checkpoint)} step {st}"
-    else:
-        params = jax.device_get(method.init_trainable(jax.random.PRNGKey(int(config.seed))))
-        name, source = "d2l (random init)", RANDOM_INIT
+    params, name, source = _trained_or_fresh(method, config, kind, checkpoint, step, "d2l")
     d2l = DocToLoRA(params, method.hyper_cfg, method.base_params, method.base_cfg, method.tok,
                     ctx_encoder_layer_idx=method.layer_idx, chunk_tokens=int(config.data.chunk_tokens),
                     affixes=method.affixes, dtype=method.dtype, chunk_group=int(config.model.get("chunk_group", 1)),
@@ -252,12 +257,7 @@ def load_t2l(config, checkpoint: Optional[str] = None, step: Optional[int] = Non
     method = T2LMethod(config, _mesh(config))
     if method.mode != "sft":
         raise EvalSetupError("the T2L benchmark evaluates SFT configs (t2l.mode = 'sft')")
-    if kind == "train":
-        params, st = restore_trainable(method, config, checkpoint, step)
-        name, source = "t2l", f"training checkpoint {train_checkpoint_dir(checkpoint)} step {st}"
-    else:
-        params = jax.device_get(method.init_trainable(jax.random.PRNGKey(int(config.seed))))
-        name, source = "t2l (random init)", RANDOM_INIT
+    params, name, source = _trained_or_fresh(method, config, kind, checkpoint, step, "t2l")
     base = method.frozen()["base"]
     return T2LSystem(params, method.hcfg, scale, base, method.model_cfg, method.format_pair.tok,
                      config.encoder.get("model_dir") or None, config.encoder.get("pooling") or None, system_turn,

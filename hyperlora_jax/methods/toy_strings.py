@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hyperlora_jax.eval.answering import chat_ids
 from hyperlora_jax.methods.lm import source as lm_source
 from hyperlora_jax.methods.t2l import TaskData, hierarchical_index, register_evaluator, register_source
 from hyperlora_jax.toy import string_tasks as st
@@ -54,9 +55,7 @@ def lm_toy_strings(cfg, data_cfg, seed: int):
         word, answer = st.example(task, seed, i)
         k = st.TASK_NAMES.index(task)
         content = f"{k:02d}:{word}" if rng.random() < tag_prob else word
-        prompt = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=False)
-        ids = list(prompt) + list(tok(answer + tok.eos_token, add_special_tokens=False)["input_ids"])
+        ids = chat_ids(tok, content) + list(tok(answer + tok.eos_token, add_special_tokens=False)["input_ids"])
         if len(ids) > seq_len:
             raise ValueError(f"toy_strings example of {len(ids)} tokens exceeds data.seq_len {seq_len}")
         tokens = np.full(seq_len, tok.pad_token_id, np.int32)

@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from hyperlora_jax.eval.answering import chat_ids  # noqa: F401  (re-exported: the toy's prompt builder)
 from hyperlora_jax.generation import generate
 from hyperlora_jax.toy.niah import QUESTION, make_example
-
-
-def chat_ids(tok, content: str) -> list[int]:
-    ids = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True,
-                                  return_dict=False)
-    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
 
 
 def prompt_overhead(tok) -> int:

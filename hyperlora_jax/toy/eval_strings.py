@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyperlora_jax.eval.answering import chat_ids
 from hyperlora_jax.lora import Adapter
 from hyperlora_jax.toy import string_tasks as st
 
@@ -63,13 +64,6 @@ def eval_items(split: str, n_per_description: int, seed: int) -> list[Item]:
                 items.append(Item(t, k, d, w, a))
                 j += 1
     return items
-
-
-def chat_ids(tok, content: str) -> list[int]:
-    """Token ids of a one-user-turn conversation with the generation prompt."""
-    ids = tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                  tokenize=True, return_dict=False)
-    return list(ids["input_ids"] if isinstance(ids, dict) else ids)
 
 
 def take_rows(adapter: Adapter, idx: Sequence[int]) -> Adapter:
