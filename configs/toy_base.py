@@ -43,15 +43,16 @@ def get_config(preset: str = "default"):
 def _strings(c):
     """The string-task base (hyperlora_jax/assets/toy_strings_base): a 3-layer llama (hidden 96), same character
     tokenizer and chat template, pretrained on a mixture of all 40 toy string tasks (hyperlora_jax/toy/string_tasks.py)
-    where the user turn is the bare word half of the time and "<task number>:<word>" otherwise
-    (hyperlora_jax/methods/toy_strings.py). It has every skill, but given only a word it cannot know which one is
-    wanted: that is the adapter's job (configs/toy_strings_lora.py, configs/t2l.py:toy).
+    where the user turn is the bare word half of the time and ``task_tag(task) + word`` otherwise (``"07:"`` for
+    plain task 7, ``"U07:"`` for its capitals version; hyperlora_jax/methods/toy_strings.py). It has every skill,
+    but given only a word it cannot know which one is wanted: that is the adapter's job (configs/toy_strings_lora.py,
+    configs/t2l.py:toy).
 
     Reproduce the shipped checkpoint (then copy WORKDIR/export to hyperlora_jax/assets/toy_strings_base):
       python -m hyperlora_jax.train --config=configs/toy_base.py:strings --workdir=/tmp/sbase
-    Measured: 3000 steps, 23.7 min on 2 CPU cores shared with other jobs, final loss ~0.5 (the bare-word half is
-    ambiguous by construction). Greedy exact match on 16 fresh words per task: 91.4 % with the task tag (weakest:
-    sort_desc 44 %, sort 50 %, reverse / vowels_only 62 %; 30 tasks >= 90 %), 3.3 % with the bare word."""
+    Measured: 3000 steps, 6 min 40 s on 2 CPU cores (shared with a benchmark), final loss ~0.33 (the bare-word half
+    is ambiguous by construction). Greedy exact match on 16 fresh words per task: 98.0 % with the task tag (weakest:
+    upper_dedupe 81 %, reverse / dedupe / drop_vowels 88 %; 33 tasks at 100 %), 4.8 % with the bare word."""
     c.num_train_steps = 3000
     c.batch_size = 64
     c.learning_rate = 2e-3

@@ -23,12 +23,14 @@ def _config(name: str, preset: str):
 
 # ============================================================================================ tasks and splits
 @pytest.mark.parametrize("task, word, answer", [
-    ("reverse", "hello", "olleh"), ("sort", "dcab", "abcd"), ("sort_desc", "dcab", "dcba"),
-    ("double", "cat", "cat cat"), ("caesar", "xyz", "yza"), ("count_vowels", "banana", "3"),
-    ("drop_vowels", "banana", "bnn"), ("dedupe", "banana", "ban"), ("rotate_left", "abcd", "bcda"),
-    ("rotate_right", "abcd", "dabc"), ("swap_ends", "abcd", "dbca"), ("mirror", "abc", "abccba"),
-    ("spaced", "abc", "a b c"), ("stutter", "abc", "aabbcc"), ("upper_reverse", "abc", "CBA"),
-    ("upper_last_letter", "abc", "C"), ("last_two", "hello", "lo"), ("capitalize", "word", "Word")])
+    ("copy", "hello", "hello"), ("reverse", "hello", "olleh"), ("sort", "dcab", "abcd"), ("double", "cat", "cat cat"),
+    ("first_letter", "cat", "c"), ("length", "banana", "6"), ("spaced", "abc", "a b c"), ("caesar", "xyz", "yza"),
+    ("mirror", "abc", "abccba"), ("dedupe", "banana", "ban"), ("drop_vowels", "banana", "bnn"),
+    ("vowel_star", "banana", "b*n*n*"), ("parens", "cat", "(cat)"), ("exclaim", "cat", "cat!"),
+    ("ing", "walk", "walking"), ("hashtag", "cat", "#cat"), ("plural", "cat", "cats"), ("half", "abcde", "abc"),
+    ("half", "abcd", "ab"), ("dotcom", "cat", "cat.com"), ("leet", "toast", "70457"), ("hello", "cat", "hello cat"),
+    ("upper", "cat", "CAT"), ("upper_reverse", "abc", "CBA"), ("upper_leet", "toast", "70457"),
+    ("upper_hashtag", "cat", "#CAT"), ("upper_half", "abcde", "ABC")])
 def test_task_functions(task, word, answer):
     assert st.apply_task(task, word) == answer
 
@@ -46,6 +48,23 @@ def test_task_and_description_splits():
         assert held and not train & held
         assert train | held == set(st.DESCRIPTIONS[t])
     assert all(not st.train_descriptions(t) for t in st.HELDOUT_TASKS)
+
+
+def test_tasks_factor_into_plain_and_capitals():
+    plain = set(st.PLAIN_TASKS)
+    assert len(plain) == 21
+    for t in st.TASK_NAMES:
+        if t.startswith("upper_"):
+            x = t[len("upper_"):]
+            assert x in plain and st.apply_task(t, "hello") == st.apply_task(x, "hello").upper()
+            assert st.task_tag(t) == "U" + st.task_tag(x)
+            for k, (d, dx) in enumerate(zip(st.DESCRIPTIONS[t], st.DESCRIPTIONS[x])):
+                assert dx[1:] in d and d == st.CAPS_CLAUSES[k].format(D=dx, d=dx[0].lower() + dx[1:])
+    assert all(t.startswith("upper_") for t in st.HELDOUT_TASKS)
+    assert st.task_tag("upper") == "U" + st.task_tag("copy") and st.task_tag("reverse") == "01:"
+    assert len({st.task_tag(t) for t in st.TASK_NAMES}) == 40
+    with pytest.raises(ValueError, match="unknown string task"):
+        st.task_tag("nope")
 
 
 def test_words_are_deterministic_and_valid():
@@ -154,6 +173,30 @@ def test_t2l_toy_preset_two_steps_writes_results(tmp_path, capsys):
     base = {r["split"]: r["accuracy"] for r in rows if r["method"] == "base"}
     assert all(oracle[s] > base[s] for s in SPLITS)
     assert "| oracle_lora |" in capsys.readouterr().out
+
+
+def test_base_pretraining_source_rows():
+    """configs/toy_base.py:strings' data: the tagged or bare word in the user turn, loss on answer + end token."""
+    import ml_collections
+    from transformers import AutoTokenizer
+
+    from hyperlora_jax.methods.toy_strings import lm_toy_strings
+    c = _config("toy_base", "strings")
+    tok = AutoTokenizer.from_pretrained(st.strings_base_dir())
+    example, _ = lm_toy_strings(None, ml_collections.ConfigDict(dict(c.data, tokenizer=st.strings_base_dir())), 3)
+    tagged = 0
+    for i in range(60):
+        row = example(i)
+        n = int(row["segment_ids"].sum())
+        assert row["tokens"].shape == (c.data.seq_len,) and row["tokens"][n - 1] == tok.eos_token_id
+        text = tok.decode(row["tokens"][:n])
+        target = tok.decode(row["tokens"][1:][row["loss_mask"][:-1] > 0])
+        rng = np.random.default_rng([3, i, 5])
+        task = st.TASK_NAMES[int(rng.integers(len(st.TASK_NAMES)))]
+        word, answer = st.example(task, 3, i)
+        assert target == answer + tok.eos_token
+        tagged += (st.task_tag(task) + word) in text
+    assert 15 < tagged < 45                                  # data.tag_prob 0.5
 
 
 def test_toy_source_rejects_unknown_task_set():

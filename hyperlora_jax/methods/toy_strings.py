@@ -2,8 +2,10 @@
 
   lm  source 'toy_strings'   pretraining of the string base model (configs/toy_base.py:strings): a mixture of ALL
                              40 tasks; the user turn holds the bare word (no instruction) with probability
-                             1 - ``data.tag_prob``, else ``"<task number, 2 digits>:<word>"`` (a tag that helps the
-                             base form one circuit per task); loss on the answer + end token.
+                             1 - ``data.tag_prob``, else ``string_tasks.task_tag(task) + word`` (``"07:"`` for
+                             plain task 7, ``"U07:"`` for its capital-letters version: a factorised tag that helps
+                             the base form one circuit per transformation and one for capitals); loss on the
+                             answer + end token.
                              So the base has every skill but, given only a word, cannot know which one is wanted.
   t2l source 'toy_strings'   T2L SFT rows (also used by the 'lora' method): hierarchical task sampling over the
                              training tasks (or all tasks, ``data.tasks = 'all'``), a random training description
@@ -53,9 +55,9 @@ def lm_toy_strings(cfg, data_cfg, seed: int):
         rng = np.random.default_rng([seed, i, 5])
         task = st.TASK_NAMES[int(rng.integers(len(st.TASK_NAMES)))]
         word, answer = st.example(task, seed, i)
-        k = st.TASK_NAMES.index(task)
-        content = f"{k:02d}:{word}" if rng.random() < tag_prob else word
-        ids = chat_ids(tok, content) + list(tok(answer + tok.eos_token, add_special_tokens=False)["input_ids"])
+        content = st.task_tag(task) + word if rng.random() < tag_prob else word
+        prompt = chat_ids(tok, content)
+        ids = prompt + list(tok(answer + tok.eos_token, add_special_tokens=False)["input_ids"])
         if len(ids) > seq_len:
             raise ValueError(f"toy_strings example of {len(ids)} tokens exceeds data.seq_len {seq_len}")
         tokens = np.full(seq_len, tok.pad_token_id, np.int32)
