@@ -8,10 +8,14 @@ Presets:
   gemma2_2b       main experiment, stage 1 (per_layer_activations, down_proj r=8, perceiver 8 latents x 9 blocks,
                   context distillation with top-16, L1 0.1, NEFTune 5, lr 4e-5 cosine, 80k steps, grad-accum 8;
                   contexts up to 4096 tokens as one chunk, as the reference's stage 1 never chunks).
+  gemma2_2b_chunked, mistral_7b_chunked, qwen3_4b_chunked   the main experiment, stage 2: from stage 1's
+                  trainable parameters (init_from = the stage-1 workdir; fresh optimizer), 20k steps, lr 2e-5,
+                  2000 warm-up steps, grad-accum 16; contexts in 1..8 chunks of 25..512 tokens (chunk counts
+                  1: 0.5, 2: 0.125, 3..8: 0.0625 each), QA turns up to 512 tokens.
   gemma2_2b_niah  NIAH (early_exit at L//4, 208 latents x 8 blocks, CE, L1 1.5, NEFTune 0, grad-accum 16).
   mistral_7b, qwen3_4b   the main experiment on those base models (same hyperparameters).
-The published presets need model.base_model (a local HF directory) and a prepared dataset; paths are placeholders
-to override on the command line, e.g.
+The published presets need model.base_model (a local HF directory), a prepared dataset and, for *_chunked,
+init_from (the stage-1 workdir); paths are placeholders to override on the command line, e.g.
   --config.model.base_model=/models/gemma-2-2b-it --config.data.tfds_dir=/data/tfds --config.data.tfds_name=d2l_qa/mine
 
 Data keys (data.*):
@@ -78,6 +82,13 @@ def get_config(preset: str = "toy"):
         c.num_train_steps, c.batch_size, c.grad_accum_steps = 80_000, 8, 8
         # stage 1 does not chunk: contexts up to the reference's packed context length (4096) are one chunk
         c.data.chunk_tokens = 4096
+    elif preset in ("gemma2_2b_chunked", "mistral_7b_chunked", "qwen3_4b_chunked"):
+        c = get_config(preset[:-len("_chunked")])
+        c.init_from = "/path/to/stage1_workdir"
+        c.num_train_steps, c.batch_size, c.grad_accum_steps = 20_000, 16, 16
+        c.learning_rate, c.warmup_steps, c.end_lr_factor = 2e-5, 2000, 1e-7 / 2e-5
+        c.data.update(dict(chunk_tokens=512, min_chunk_tokens=25, max_chunks=8,
+                           chunk_probs=(0.5, 0.125) + (0.0625,) * 6, query_len=512))
     elif preset == "gemma2_2b_niah":
         c.model.base_model = "/path/to/gemma-2-2b-it"
         c.model.update(dict(ctx_encoder_type="early_exit", layer_idx=0, n_latent_queries=208, num_blocks=8))
@@ -87,5 +98,5 @@ def get_config(preset: str = "toy"):
         c.seed, c.grad_accum_steps, c.batch_size, c.num_train_steps = 1, 16, 16, 20_000
     else:
         raise ValueError(f"unknown preset {preset!r} for configs/d2l.py "
-                         "(toy, gemma2_2b, gemma2_2b_niah, mistral_7b, qwen3_4b)")
+                         "(toy, gemma2_2b, mistral_7b, qwen3_4b, their *_chunked stage 2, gemma2_2b_niah)")
     return c

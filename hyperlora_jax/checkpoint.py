@@ -92,6 +92,46 @@ class Checkpointer:
                 self._set_aside(step, e)
         return None
 
+    def params_from(self, other: str, params_template):
+        """The trainable parameters of the newest readable checkpoint of another run (``other``: its workdir or
+        its ``checkpoints`` directory), restored into ``params_template``'s shapes and shardings, and that step.
+        Only the ``params`` subtree is read (the optimizer state and data position stay behind). The other run
+        must have this run's fingerprint (method, model configuration, parameter shapes): else
+        CheckpointMismatchError naming the differing fields; no readable checkpoint there is a ValueError."""
+        src = os.path.abspath(other)
+        if os.path.isdir(os.path.join(src, "checkpoints")):
+            src = os.path.join(src, "checkpoints")
+        steps = []
+        if os.path.isdir(src):
+            steps = sorted((int(n) for n in os.listdir(src) if n.isdigit()), reverse=True)
+        if not steps:
+            raise ValueError(f"init_from: no checkpoint in {other!r} (expected a training workdir or its "
+                                    "checkpoints directory)")
+        mgr = ocp.CheckpointManager(src, options=ocp.CheckpointManagerOptions(read_only=True),
+                                    item_names=("state", "data", "meta"))
+        try:
+            errors = []
+            for step in steps:
+                try:
+                    meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                except Exception as e:  # partial / corrupt: try the previous step
+                    errors.append(f"step {step}: {type(e).__name__}")
+                    continue
+                diffs = [f"{k}: {other!r} has {meta.get(k)!r}, this run has {v!r}"
+                         for k, v in self.fingerprint.items() if meta.get(k) != v]
+                if diffs:
+                    raise CheckpointMismatchError(f"init_from: {other!r} (step {step}) is a run of a different "
+                                                  "model configuration: " + "; ".join(diffs))
+                tmpl = {"params": _abstract(params_template)}
+                restore_args = jax.tree_util.tree_map(
+                    lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), tmpl)
+                out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                    item=tmpl, restore_args=restore_args, partial_restore=True)))
+                return out["state"]["params"], step
+            raise ValueError(f"init_from: no readable checkpoint in {other!r} ({'; '.join(errors)})")
+        finally:
+            mgr.close()
+
     def _readable_meta(self, step) -> bool:
         try:
             self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))

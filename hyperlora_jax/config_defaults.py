@@ -28,4 +28,7 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     c.best_metric = ""               # e.g. "eval/loss": also keep the best checkpoint in WORKDIR/checkpoints_best
     c.best_mode = "min"
     c.step_delay_s = 0.0             # sleep after each step: only to give preemption tests a window
+    c.init_from = ""                 # another run's workdir: start from its newest trainable parameters (fresh
+                                     # optimizer, step 0; same model configuration required) unless this workdir
+                                     # has its own checkpoint, e.g. D2L stage 2 from stage 1
     return c

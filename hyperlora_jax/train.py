@@ -179,6 +179,12 @@ def run(config, workdir: str) -> dict:
         data.set_state(data_state)
         if is_main:
             log.info("resumed from step %d", step0)
+    elif config.get("init_from"):
+        params, src_step = ckpt.params_from(config.init_from, state["params"])
+        state = dict(state, params=params)
+        if is_main:
+            log.info("trainable parameters from %s (its step %d); fresh optimizer, step 0", config.init_from,
+                     src_step)
     start = int(state["step"])
 
     # ----- the loop --------------------------------------------------------------------------------------------

@@ -187,6 +187,11 @@ def test_published_presets_name_their_tfds_data():
     for p in ("gemma2_2b", "mistral_7b", "qwen3_4b"):
         d = mod.get_config(p).data
         assert d.source == "d2l_qa" and d.split == "train" and d.tfds_dir == ""
+    for p in ("gemma2_2b", "mistral_7b", "qwen3_4b"):              # stage 2 = stage 1's model, chunked data
+        s1, s2 = mod.get_config(p), mod.get_config(f"{p}_chunked")
+        assert s2.model.to_dict() == s1.model.to_dict() and s2.init_from and not s1.init_from
+        assert s2.data.chunk_tokens == 512 and s2.data.max_chunks == len(s2.data.chunk_probs) == 8
+        assert abs(sum(s2.data.chunk_probs) - 1.0) < 1e-9
     d = mod.get_config("gemma2_2b_niah").data
     assert d.source == "niah" and d.tfds_name == "niah/reference" and d.split.startswith("train_32_128")
 

@@ -147,6 +147,31 @@ def test_workdir_of_another_model_is_refused(baseline, tmp_path):
         in r.stderr
 
 
+def test_init_from_another_run(baseline, tmp_path):
+    """init_from: the other run's newest trainable parameters, fresh optimizer and step 0 (learning rate 0 here,
+    so the parameters must come out as they went in); an own checkpoint wins over init_from on resume."""
+    w = str(tmp_path / "w")
+    r = run_train(w, f"--config.init_from={baseline}", "--config.learning_rate=0.0")
+    assert "trainable parameters from" in r.stderr and "its step 8" in r.stderr
+    a, b = final_state(baseline), final_state(w)
+    params = [k for k in a if k.startswith("['params']")]
+    assert params
+    for k in params:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert sorted(losses(w)) == list(range(1, STEPS + 1))       # trained from step 0
+    r = run_train(w, f"--config.init_from={baseline}", "--config.learning_rate=0.0")
+    assert "trainable parameters from" not in r.stderr           # its own checkpoint (step 8): nothing to do
+
+
+def test_init_from_refuses_other_models_and_empty_dirs(baseline, tmp_path):
+    r = run_train(str(tmp_path / "a"), f"--config.init_from={baseline}", "--config.model.hf_config.hidden_size=64",
+                  "--config.model.hf_config.head_dim=16", check=False)
+    assert r.returncode == 2 and "different model configuration" in r.stderr and "hidden_size" in r.stderr
+    os.makedirs(tmp_path / "empty")
+    r = run_train(str(tmp_path / "b"), f"--config.init_from={tmp_path / 'empty'}", check=False)
+    assert r.returncode == 2 and "init_from: no checkpoint in" in r.stderr
+
+
 def test_corrupt_latest_checkpoint_falls_back(baseline, tmp_path):
     w = str(tmp_path / "w")
     shutil.copytree(baseline, w)
