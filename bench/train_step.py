@@ -33,9 +33,12 @@ clipping and AdamW). Timing, after two warm-up steps of each (the loss checks): 
 framework on the same batch, alternating J T T J J T ... (each step blocked: ``block_until_ready`` / ``float``), so
 both see the same load on a shared machine; the medians are reported. Ratio = torch median / JAX median (also the
 median of the per-pair ratios). The JAX compile is reported apart: first call minus the second (steady) call.
-Threads: by default each framework uses its own pool over every core; ``--threads 1`` runs both single-threaded
-(``torch.set_num_threads(1)``; for XLA ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` is
-added to ``XLA_FLAGS`` before jax is imported), the cleaner comparison on a machine shared with other jobs.
+The JAX step is jitted with the trainer's ``train.step_compiler_options()`` (on CPU: temporaries in heaps of at
+most 16 MiB, which malloc recycles between steps instead of mapping ~200 MiB afresh every step).
+Threads: by default each framework uses its own pool over every core; ``--threads 1`` runs both on one core, the
+cleaner comparison on a machine shared with other jobs: the process is pinned to one CPU before jax is imported
+(``os.sched_setaffinity``; XLA:CPU of JAX 0.10 ignores ``--xla_cpu_multi_thread_eigen=false`` and keeps a pool
+over every core) and ``torch.set_num_threads(1)``.
 """
 from __future__ import annotations
 
@@ -59,9 +62,8 @@ def _threads_from_argv(argv):
 
 
 if __name__ == "__main__" and _threads_from_argv(sys.argv[1:]) == 1:
-    # one thread for XLA too (must be set before jax is imported); torch gets torch.set_num_threads(1)
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+    # one core for XLA too (before jax is imported: XLA sizes its pool then); torch gets torch.set_num_threads(1)
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -112,7 +114,7 @@ def jax_setup(p, seed=0):
     from hyperlora_jax.methods.d2l import D2LMethod
     from hyperlora_jax.model import init_params as init_base
     from hyperlora_jax.optim import make_optimizer
-    from hyperlora_jax.train import make_train_step
+    from hyperlora_jax.train import make_train_step, step_compiler_options
 
     bc = C.model_config(p["base"])
     hc = C.hyper_config(bc, p["hyper"], r=p["r"])
@@ -131,7 +133,7 @@ def jax_setup(p, seed=0):
     tx = make_optimizer(cfg, method.decay_mask)
     state = {"step": jnp.zeros((), jnp.int32), "params": hyper, "opt_state": tx.init(hyper),
              "rng": jax.random.PRNGKey(seed + 2)}
-    step = jax.jit(make_train_step(method, tx, 1), donate_argnums=(0,))
+    step = jax.jit(make_train_step(method, tx, 1), donate_argnums=(0,), compiler_options=step_compiler_options())
     return method, base, state, step
 
 
@@ -460,7 +462,7 @@ def run(preset="bench", steps=6, threads=None, seed=0):
         "jax_steps_per_s": j_sps, "torch_steps_per_s": t_sps, "jax_over_torch": j_sps / t_sps,
         "jax_over_torch_median_of_pairs": pair_ratio, "jax_over_torch_best_steps": min_ratio,
         "jax_min_ms": 1e3 * min(j_times), "torch_min_ms": 1e3 * min(t_times),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpus": len(os.sched_getaffinity(0)),
         "jax_ms_per_step": 1e3 / j_sps, "torch_ms_per_step": 1e3 / t_sps,
         "step_s": {"jax": j_times, "torch": t_times},
         "loss_jax": j_loss1, "loss_torch": t_loss1, "loss_abs_diff": abs(j_loss1 - t_loss1),
