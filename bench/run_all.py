@@ -19,7 +19,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # name -> (script, extra arguments of the full run); train_step runs twice: with each framework's default threads
-# (both use every core) and with one thread each (XLA_FLAGS set by the script) — see the README for why both
+# (both use every core) and on one core each (the script pins the process to one CPU) — see the README
 RUNS = {"memory": ("memory", []), "latency": ("latency", []), "train_step": ("train_step", []),
         "train_step_1thread": ("train_step", ["--threads", "1"]),
         "data_throughput": ("data_throughput", ["--seconds", "10"])}  # 10 s of the pipeline gives a stable rate
