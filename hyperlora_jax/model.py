@@ -79,7 +79,9 @@ class RMSNorm(nn.Module):
 
 
 class Linear(nn.Module):
-    """A bias-free projection ``x @ kernel`` [d_in, d_out] with an optional per-example LoRA term."""
+    """A bias-free projection ``x @ kernel`` [d_in, d_out] with an optional per-example LoRA term
+    ``lora = (A, B, scale, dropout_rate)``: dropout (rng stream 'dropout') on the LoRA path's input only, as PEFT's
+    ``lora_dropout``; the base path never sees it."""
 
     features: int
     dtype: Any = jnp.float32
@@ -89,8 +91,9 @@ class Linear(nn.Module):
         kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), jnp.float32)
         y = jnp.einsum("btd,do->bto", x, kernel.astype(self.dtype))
         if lora is not None:
-            a, b, scale = lora
-            y = y + lora_delta(x, a, b, scale)
+            a, b, scale, rate = lora
+            x_lora = nn.Dropout(rate, deterministic=False)(x) if rate > 0 else x
+            y = y + lora_delta(x_lora, a, b, scale)
         return y
 
 
@@ -165,10 +168,10 @@ class MLP(nn.Module):
 
 
 def _get(lora, name):
-    """(A, B, scale) of one projection from a one-layer adapter dict, or None."""
+    """(A, B, scale, dropout rate) of one projection from a one-layer adapter dict, or None."""
     if lora is None or name not in lora["A"]:
         return None
-    return lora["A"][name], lora["B"][name], lora["scale"]
+    return lora["A"][name], lora["B"][name], lora["scale"], lora["dropout"]
 
 
 class DecoderLayer(nn.Module):
@@ -177,6 +180,7 @@ class DecoderLayer(nn.Module):
     cfg: ModelConfig
     dtype: Any = jnp.float32
     return_hidden: bool = False
+    lora_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, h, xs, shared):
@@ -184,7 +188,7 @@ class DecoderLayer(nn.Module):
         norm = functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.norm_weight_offset)
         lora, is_sliding, cache_kv = xs["lora"], xs["sliding"], xs.get("cache")
         if lora is not None:
-            lora = {**lora, "scale": shared["lora_scale"]}
+            lora = {**lora, "scale": shared["lora_scale"], "dropout": self.lora_dropout}
         mask = jnp.where(is_sliding, shared["mask_sliding"], shared["mask_full"])
         layer_input = h
         attn_out, new_kv = Attention(cfg, self.dtype, name="self_attn")(
@@ -205,6 +209,7 @@ class DecoderLayer(nn.Module):
 
 class Decoder(nn.Module):
     """Causal LM. ``remat``: 'none' | 'full' | 'dots' (save matmul outputs) — rematerialisation of each layer.
+    ``lora_dropout``: dropout rate on the input of every LoRA term (training; needs the 'dropout' rng).
 
     __call__(tokens [B, T] int, positions [B, T] = arange, segment_ids [B, T] = ones, adapter = None,
              cache = None, embeddings [B, T, H] = None (instead of tokens), return_hidden = False)
@@ -215,6 +220,7 @@ class Decoder(nn.Module):
     cfg: ModelConfig
     dtype: Any = jnp.float32
     remat: str = "none"
+    lora_dropout: float = 0.0
 
     @nn.compact
     def __call__(self, tokens=None, positions=None, segment_ids=None, adapter: Adapter | None = None,
@@ -255,7 +261,7 @@ class Decoder(nn.Module):
             layer = nn.remat(DecoderLayer, prevent_cse=False, policy=policy)
         layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                          in_axes=(0, nn.broadcast), length=cfg.num_layers)
-        h, ys = layers(cfg, self.dtype, return_hidden, name="layers")(x, xs, shared)
+        h, ys = layers(cfg, self.dtype, return_hidden, self.lora_dropout, name="layers")(x, xs, shared)
 
         h = RMSNorm(cfg.rms_norm_eps, cfg.norm_weight_offset, name="norm")(h)
         if cfg.tie_word_embeddings:
@@ -284,10 +290,17 @@ def init_params(cfg: ModelConfig, rng, dtype=jnp.float32):
 def forward(params, cfg: ModelConfig, tokens, **kw):
     """Functional entry point: ``Decoder(cfg).apply({'params': params}, tokens, **kw)``.
 
-    Accepts ``dtype`` (compute dtype) and ``remat`` besides the Decoder call arguments.
+    Accepts ``dtype`` (compute dtype), ``remat`` and ``lora_dropout`` (rate on the LoRA terms' input, with
+    ``dropout_rng``) besides the Decoder call arguments.
     """
     dtype, remat = kw.pop("dtype", jnp.float32), kw.pop("remat", "none")
-    return Decoder(cfg, dtype, remat).apply({"params": params}, tokens, **kw)
+    rate, rng = float(kw.pop("lora_dropout", 0.0)), kw.pop("dropout_rng", None)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"lora_dropout must be in [0, 1), got {rate}")
+    if rate > 0 and rng is None:
+        raise ValueError("lora_dropout > 0 needs dropout_rng")
+    rngs = {"dropout": rng} if rate > 0 else None
+    return Decoder(cfg, dtype, remat, rate).apply({"params": params}, tokens, rngs=rngs, **kw)
 
 
 def count_params(params) -> int:

@@ -87,3 +87,55 @@ def test_hidden_states_are_layer_inputs(model_dir):
     assert out["hidden"].shape == (cfg.num_layers, 1, 9, cfg.hidden_size)
     emb = params["embed_tokens"]["embedding"][ids] * jnp.float32(cfg.hidden_size ** 0.5)
     assert np.abs(np.asarray(out["hidden"][0] - emb)).max() < 1e-6
+
+
+def _random_adapter(cfg, batch, rank=4, seed=0):
+    from hyperlora_jax.lora import Adapter
+    rng = np.random.default_rng(seed)
+    shapes = cfg.projection_shapes()
+    mods = ("q_proj", "down_proj")
+    A = {m: jnp.asarray(0.2 * rng.standard_normal((cfg.num_layers, batch, rank, shapes[m][0])), jnp.float32)
+         for m in mods}
+    B = {m: jnp.asarray(0.2 * rng.standard_normal((cfg.num_layers, batch, rank, shapes[m][1])), jnp.float32)
+         for m in mods}
+    return Adapter(A=A, B=B, scale=jnp.full((batch,), 2.0, jnp.float32))
+
+
+def test_lora_dropout_on_the_lora_input_only(model_dir):
+    """lora_dropout (T2L's LoRA-input dropout): a function of the rng; no effect when the LoRA term is zero (the
+    base path never sees it); refused without an rng or with a rate outside [0, 1)."""
+    import dataclasses
+    cfg, params = load_model(model_dir)
+    ids = jnp.asarray(np.random.default_rng(4).integers(0, cfg.vocab_size, (2, 7)))
+    ad = _random_adapter(cfg, 2)
+    run = lambda a, rate, key: forward(params, cfg, ids, adapter=a, lora_dropout=rate, dropout_rng=key)["logits"]
+    plain = forward(params, cfg, ids, adapter=ad)["logits"]
+    d1, d1b, d2 = run(ad, 0.3, jax.random.PRNGKey(1)), run(ad, 0.3, jax.random.PRNGKey(1)), run(ad, 0.3,
+                                                                                              jax.random.PRNGKey(2))
+    np.testing.assert_array_equal(np.asarray(d1), np.asarray(d1b))
+    assert float(jnp.abs(d1 - plain).max()) > 1e-3 and float(jnp.abs(d1 - d2).max()) > 1e-3
+    zero_b = dataclasses.replace(ad, B={m: jnp.zeros_like(b) for m, b in ad.B.items()})
+    np.testing.assert_array_equal(np.asarray(run(zero_b, 0.3, jax.random.PRNGKey(1))),
+                                  np.asarray(forward(params, cfg, ids)["logits"]))
+    with pytest.raises(ValueError, match="needs dropout_rng"):
+        forward(params, cfg, ids, adapter=ad, lora_dropout=0.3)
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        forward(params, cfg, ids, adapter=ad, lora_dropout=1.0, dropout_rng=jax.random.PRNGKey(0))
+
+
+def test_lora_dropout_is_inverted_dropout():
+    """E over masks of the LoRA term with input dropout p equals the term without (kept inputs scaled 1/(1-p))."""
+    from hyperlora_jax.model import Linear
+    r = np.random.default_rng(5)
+    x = jnp.asarray(r.standard_normal((2, 3, 16)), jnp.float32)
+    a, b = (jnp.asarray(r.standard_normal(s), jnp.float32) for s in ((2, 4, 16), (2, 4, 8)))
+    scale = jnp.ones((2,), jnp.float32)
+    lin = Linear(8)
+    p = lin.init(jax.random.PRNGKey(0), x)
+    base = lin.apply(p, x)
+    exact = lin.apply(p, x, (a, b, scale, 0.0)) - base
+    draws = jax.vmap(lambda k: lin.apply(p, x, (a, b, scale, 0.5), rngs={"dropout": k}) - base)(
+        jax.random.split(jax.random.PRNGKey(1), 4000))
+    assert float(jnp.abs(draws[0] - exact).max()) > 0.1             # one draw is not the mean
+    err = float(jnp.abs(draws.mean(0) - exact).max() / jnp.abs(exact).max())
+    assert err < 0.06, err

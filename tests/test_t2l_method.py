@@ -102,6 +102,25 @@ def test_sft_loss_equals_direct_computation(method):
     assert float(metrics["tokens"]) == mask[:, :-1].sum()
 
 
+def test_sft_lora_dropout_is_applied(method):
+    """sft.lora_dropout (the reference's 0.05 on every generated LoRA term's input) changes the loss, as a
+    function of the step's rng."""
+    frozen = method.frozen()
+    r = np.random.default_rng(0)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: x + 0.05 * r.standard_normal(x.shape).astype(np.float32)
+        if "heads" in jax.tree_util.keystr(p) else x, method.init_trainable(jax.random.PRNGKey(0)))
+    batch = {k: jnp.asarray(v) for k, v in next(method.data_iterator(0, 1)).items()}
+    loss = lambda key: float(method.loss(params, frozen, batch, jax.random.PRNGKey(key))[0])
+    off = loss(1)
+    method.sft_cfg.lora_dropout = 0.5
+    try:
+        on1, on1b, on2 = loss(1), loss(1), loss(2)
+    finally:
+        method.sft_cfg.lora_dropout = 0.0
+    assert on1 == on1b and abs(on1 - off) > 1e-5 and abs(on1 - on2) > 1e-5
+
+
 def test_neftune_noise_magnitude():
     from hyperlora_jax.methods.t2l import neftune_noise
     x = jnp.zeros((2, 16, 64))

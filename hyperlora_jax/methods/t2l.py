@@ -27,8 +27,8 @@ and sampled as the reference's hierarchical sampler: each "epoch" is a permutati
 ``data.n_tasks_per_batch`` distinct tasks, one random example and one random description per task; a pure function
 of (seed, i), so a global batch equal to ``n_tasks_per_batch`` holds distinct tasks.
 
-Not implemented (needs a change outside this file): LoRA-input dropout (``t2l.lora_dropout``, spec 0.05) — the
-base model's LoRA contraction has no dropout on its input; a non-zero value is reported once and ignored.
+SFT regularisers as the reference: label smoothing, L2 on the generated A/B, NEFTune on the input embeddings and
+LoRA-input dropout (``sft.lora_dropout``: on the input of every generated LoRA term, never on the base path).
 """
 from __future__ import annotations
 
@@ -248,9 +248,6 @@ class T2LMethod:
                     template = f.read()
             self.format_pair = ChatFormatter(tok, config.data.seq_len, config.data.get("system_turn", True),
                                              template)
-            if float(self.sft_cfg.get("lora_dropout", 0.0)) > 0:
-                log.warning("t2l: sft.lora_dropout=%s is not applied (the base model's LoRA path has no input "
-                            "dropout)", self.sft_cfg.lora_dropout)
         import hyperlora_jax.methods.toy_strings  # noqa: F401  (registers the 'toy_strings' source)
         name = config.data.get("source", "in_memory")
         if name not in SOURCES:
@@ -391,7 +388,8 @@ class T2LMethod:
         if c.embed_scale:  # gemma: the model's x sqrt(H) comes after the reference's NEFTune hook
             x = x * jnp.asarray(c.hidden_size ** 0.5, self.dtype)
         out = forward(base, c, None, embeddings=x, positions=pos, segment_ids=seg, adapter=adapter,
-                      dtype=self.dtype, remat=self.config.get("remat", "none"))
+                      dtype=self.dtype, remat=self.config.get("remat", "none"),
+                      lora_dropout=float(sc.get("lora_dropout", 0.0)), dropout_rng=jax.random.fold_in(rng, 1))
         ce, n = label_smoothed_ce(out["logits"], tokens, batch["loss_mask"], float(sc.get("label_smoothing", 0.0)))
         l2 = l2_generated(adapter)
         loss = ce + float(sc.get("l2_reg_generated_w", 0.0)) * l2
