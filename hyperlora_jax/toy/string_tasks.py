@@ -7,7 +7,9 @@ capitals). Each plain task has its own salient vocabulary (its descriptions all 
 "alphabetical", or "hashtag", ...), so that a small sentence encoder (all-MiniLM-L6-v2) separates the tasks by their
 descriptions: a toy world where the task *description* is informative, as it is for Text-to-LoRA's real tasks. (An
 earlier set with near-twin tasks — rotate left / right, drop / keep the vowels, first / last letter — was not:
-MiniLM put their paraphrases on top of each other.)
+MiniLM put their paraphrases on top of each other.) The descriptions were edited until a logistic regression
+on their MiniLM embeddings, trained on 9 descriptions per training task, named the 10th 99.7 % of the time,
+every slot taking its turn (the held-out slots included: seen while writing, never while training).
 
 Descriptions: 10 per plain task and for ``upper``; ``upper_<x>``'s k-th description is ``<x>``'s k-th description
 combined with the k-th capital-letters clause of ``CAPS_CLAUSES`` (e.g. "Write the word backwards. Use uppercase
