@@ -68,10 +68,14 @@ class Checkpointer:
         if self.best is not None and metrics and self.best_metric in metrics:
             self.best.save(step, args=args, metrics={k: float(v) for k, v in metrics.items()}, force=True)
 
+    def _fingerprint_diffs(self, meta: dict, theirs: str) -> list[str]:
+        """'key: <theirs> has X, this run has Y' for each fingerprint field ``meta`` (a checkpoint's) differs in."""
+        return [f"{k}: {theirs} has {meta.get(k)!r}, this run has {v!r}"
+                for k, v in self.fingerprint.items() if meta.get(k) != v]
+
     def check_fingerprint(self, step: int):
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        diffs = [f"{k}: checkpoint has {meta.get(k)!r}, this run has {v!r}"
-                 for k, v in self.fingerprint.items() if meta.get(k) != v]
+        diffs = self._fingerprint_diffs(meta, "checkpoint")
         diffs += [f"{k}: checkpoint has {meta[k]!r}, this run has none" for k in meta if k not in self.fingerprint]
         if diffs:
             raise CheckpointMismatchError(
@@ -106,7 +110,7 @@ class Checkpointer:
             steps = sorted((int(n) for n in os.listdir(src) if n.isdigit()), reverse=True)
         if not steps:
             raise ValueError(f"init_from: no checkpoint in {other!r} (expected a training workdir or its "
-                                    "checkpoints directory)")
+                             "checkpoints directory)")
         mgr = ocp.CheckpointManager(src, options=ocp.CheckpointManagerOptions(read_only=True),
                                     item_names=("state", "data", "meta"))
         try:
@@ -117,8 +121,7 @@ class Checkpointer:
                 except Exception as e:  # partial / corrupt: try the previous step
                     errors.append(f"step {step}: {type(e).__name__}")
                     continue
-                diffs = [f"{k}: {other!r} has {meta.get(k)!r}, this run has {v!r}"
-                         for k, v in self.fingerprint.items() if meta.get(k) != v]
+                diffs = self._fingerprint_diffs(meta, repr(other))
                 if diffs:
                     raise CheckpointMismatchError(f"init_from: {other!r} (step {step}) is a run of a different "
                                                   "model configuration: " + "; ".join(diffs))
