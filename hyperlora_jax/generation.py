@@ -90,9 +90,17 @@ def _generate(params, ids, mask, adapter, rng, temperature, top_p, stop_ids, pad
 def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, adapter: Adapter | None = None,
              max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
              stop_tokens: Sequence[int] | None = None, seed: int = 0, dtype=jnp.float32,
-             pad_id: int | None = None) -> list[list[int]]:
-    """Generates up to ``max_new_tokens`` after each prompt; returns the new tokens of each row, cut after the
-    first stop token (included). ``adapter``: one row per prompt, or None. ``stop_tokens`` default: the config's eos.
+             pad_id: int | None = None, pad_to: int = 0) -> list[list[int]]:
+    """Generates up to ``max_new_tokens`` after each of the B ``prompts`` (token-id lists of any lengths >= 1).
+
+    Prompts are left-padded (with ``pad_id``, default the config's pad id or 0) into one [B, P] batch,
+    P = max(longest prompt, ``pad_to``) rounded up to a multiple of 16; one compiled program per
+    (B, P, max_new_tokens). Pass the same ``pad_to`` (e.g. the longest prompt of all batches) to reuse one program
+    across batches (padding is masked out: it changes the shape, not what a row attends to).
+    ``adapter``: one row per prompt (batch size B), or None for the base model. ``temperature`` 0 is greedy.
+    ``stop_tokens`` default: the config's eos ids.
+    Returns B lists of new token ids, each at most ``max_new_tokens`` long and cut after its first stop token
+    (included).
     """
     if not prompts:
         raise ValueError("no prompts given")
@@ -102,7 +110,7 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, adap
         raise ValueError(f"adapter has {adapter.batch_size} rows for {len(prompts)} prompts")
     stop = list(cfg.eos_token_ids if stop_tokens is None else stop_tokens)
     pad = pad_id if pad_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else 0)
-    ids, mask = left_pad(prompts, _bucket(max(len(p) for p in prompts)), pad)
+    ids, mask = left_pad(prompts, _bucket(max(pad_to, *(len(p) for p in prompts))), pad)
     stop_arr = jnp.asarray(stop if stop else [-1], jnp.int32)
     tokens = np.asarray(_generate(params, jnp.asarray(ids), jnp.asarray(mask), adapter, jax.random.PRNGKey(seed),
                                   jnp.float32(temperature), jnp.float32(top_p), stop_arr, jnp.int32(pad),

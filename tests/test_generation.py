@@ -56,6 +56,22 @@ def test_greedy_with_per_example_adapters(tiny):
         assert ours[i] == hf_greedy(None, [prompts[i]], 32, adapter_model=pm)[0]
 
 
+def test_batched_equals_one_by_one_with_and_without_adapters(tiny):
+    """One left-padded batch of prompts of different lengths (also padded further with ``pad_to``) generates what
+    each prompt generates alone, for the base model and with one adapter row per prompt."""
+    from hyperlora_jax.lora import stack_adapters
+    root, d, cfg, params, ref = tiny
+    loras = [import_peft(make_peft(d, str(root / f"b{i}"), seed=20 + i), cfg) for i in range(3)]
+    rng = np.random.default_rng(2)
+    prompts = [rng.integers(5, cfg.vocab_size, n).tolist() for n in (3, 17, 9)]
+    for per_row in (None, loras):
+        adapter = None if per_row is None else stack_adapters(per_row)
+        alone = [generate(params, cfg, [p], adapter=None if per_row is None else stack_adapters([per_row[i]]),
+                          max_new_tokens=12, stop_tokens=[])[0] for i, p in enumerate(prompts)]
+        assert generate(params, cfg, prompts, adapter=adapter, max_new_tokens=12, stop_tokens=[]) == alone
+        assert generate(params, cfg, prompts, adapter=adapter, max_new_tokens=12, stop_tokens=[], pad_to=40) == alone
+
+
 def test_stop_tokens_and_sampling(tiny):
     root, d, cfg, params, ref = tiny
     prompt = [7, 8, 9, 10]

@@ -22,7 +22,6 @@ import os
 import time
 from typing import Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -94,7 +93,7 @@ def exact_match(params, cfg, tok, contents: Sequence[str], answers: Sequence[str
     answer (special tokens dropped, stripped) equals ``answers[i]``. Every batch has ``batch_size`` rows (the last
     one padded by repeating its last row), prompts are left-padded to one length for the whole call and the
     generation length is ``max_new_tokens(tok)``: one compiled program per call shape."""
-    from hyperlora_jax.generation import _bucket, _generate, left_pad
+    from hyperlora_jax.generation import generate
     if len(contents) != len(answers):
         raise ValueError(f"{len(contents)} prompts but {len(answers)} answers")
     if not contents:
@@ -105,22 +104,16 @@ def exact_match(params, cfg, tok, contents: Sequence[str], answers: Sequence[str
     if max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) + 1 > max_new:
         raise ValueError("an answer is longer than the toy's generation length")
     stops = sorted(set(cfg.eos_token_ids) | {tok.eos_token_id})
-    stop_arr = jnp.asarray(stops, jnp.int32)
-    pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     all_prompts = [chat_ids(tok, c) for c in contents]
-    length = _bucket(max(len(p) for p in all_prompts))
+    longest = max(len(p) for p in all_prompts)
     hits = []
     for s in range(0, len(contents), batch_size):
         idx = list(range(s, min(s + batch_size, len(contents))))
         padded = idx + [idx[-1]] * (batch_size - len(idx))
-        ids, mask = left_pad([all_prompts[i] for i in padded], length, pad)
-        ad = take_rows(adapter, padded) if adapter is not None else None
-        out = np.asarray(_generate(params, jnp.asarray(ids), jnp.asarray(mask), ad, jax.random.PRNGKey(0),
-                                   jnp.float32(0.0), jnp.float32(1.0), stop_arr, jnp.int32(pad), cfg=cfg,
-                                   max_new_tokens=max_new, dtype=jnp.float32))
-        for i, row in zip(idx, out.tolist()):
-            cut = next((j + 1 for j, t in enumerate(row) if t in stops), len(row))
-            hits.append(tok.decode(row[:cut], skip_special_tokens=True).strip() == answers[i])
+        out = generate(params, cfg, [all_prompts[i] for i in padded], max_new_tokens=max_new, stop_tokens=stops,
+                       adapter=take_rows(adapter, padded) if adapter is not None else None, pad_to=longest)
+        for i, row in zip(idx, out):
+            hits.append(tok.decode(row, skip_special_tokens=True).strip() == answers[i])
     return np.asarray(hits, bool)
 
 
