@@ -22,12 +22,13 @@ FLOP accounting (model FLOPs per optimizer step; a multiply-add = 2 FLOPs):
 
     N_head  = V·H                       (LM-head matmul; the embedding lookup costs nothing)
     N_layer = (num_params − V·H·(1 if tied else 2) − H) / L      (matmul + norm params of one decoder layer)
-    fwd(n tokens, layers l, head?) = 2·n·(l·N_layer + [N_head]) + attn,
+    fwd(n tokens, layers l, h head rows) = 2·(n·l·N_layer + h·N_head) + attn,
                                      attn = l · 2·2·heads·head_dim · Σ_t keys(t)
                                      (QKᵀ and AV, causal: keys(t) = min(t, window) for t = 1..n)
-    student  (frozen base + adapter):   2 × fwd(query, L, head)   — forward + backward through activations only
-                                         (the base gets no weight gradient: ~4N per token instead of 6N)
-    teacher  (D2L KD, frozen):           1 × fwd(chunk + query, L, head)                               ~2N per token
+    student  (frozen base + adapter):   2 × fwd(query, L, h)      — forward + backward through activations only
+                                         (the base gets no weight gradient: ~4N per token instead of 6N);
+                                         D2L: h = the R response positions (its LM head runs only there), T2L: h = n
+    teacher  (D2L KD, frozen):           1 × fwd(chunk + query, L, R)                                  ~2N per token
     context encoder (frozen, L−1 layers, features only, no head):  1 × fwd(chunk, L−1)                ~2N per token
     hypernetwork (trained): 3 × its forward FLOPs (forward + gradients of weights and activations), the forward
                             counted by XLA's cost analysis of the hypernetwork alone on the step's shapes
@@ -79,10 +80,10 @@ def _attn_keys(n: int, window) -> float:
     return float(np.minimum(t, window).sum()) if window else float(t.sum())
 
 
-def fwd_flops(cfg, n: int, layers: int, head: bool, rows: int = 1) -> float:
+def fwd_flops(cfg, n: int, layers: int, head_rows: int, rows: int = 1) -> float:
     vh = cfg.vocab_size * cfg.hidden_size
     n_layer = (cfg.num_params() - vh * (1 if cfg.tie_word_embeddings else 2) - cfg.hidden_size) / cfg.num_layers
-    mat = 2.0 * n * (layers * n_layer + (vh if head else 0))
+    mat = 2.0 * (n * layers * n_layer + head_rows * vh)
     attn = 0.0
     sliding = list(cfg.sliding_layers)[:layers]
     for s in sliding:
@@ -166,8 +167,8 @@ def d2l_setup(bc, base, a):
     from hyperlora_jax.d2l.hypernet import generate_chunk_loras
     hyper_fwd = xla_flops(lambda p, f, m: generate_chunk_loras(p, hc, f, m), hyper, feats, mask)
     L = bc.num_layers
-    flops = {"student": 2 * fwd_flops(bc, tq, L, True, b), "teacher": fwd_flops(bc, tt, L, True, b),
-             "context_encoder": fwd_flops(bc, tc, L - 1, False, b),
+    flops = {"student": 2 * fwd_flops(bc, tq, L, resp, b), "teacher": fwd_flops(bc, tt, L, resp, b),
+             "context_encoder": fwd_flops(bc, tc, L - 1, 0, b),
              "hypernetwork": 3 * hyper_fwd if hyper_fwd else None}
     tokens = {"student": b * tq, "all": b * (tc + tq + tt)}
     desc = (f"{b} docs x 1 chunk of {tc} tokens, student {tq} tokens ({resp} distilled), teacher {tt} tokens; "
@@ -212,7 +213,7 @@ def t2l_setup(bc, base, a):
     emb = jnp.asarray(e / np.linalg.norm(e, axis=1, keepdims=True))
     hyper_fwd = xla_flops(lambda p, x: (lambda ad: (ad.A, ad.B))(
         hn.generate_adapters(p, hcfg, x, tcfg.scale, deterministic=True)), params, emb)
-    flops = {"student": 2 * fwd_flops(bc, n, bc.num_layers, True, b),
+    flops = {"student": 2 * fwd_flops(bc, n, bc.num_layers, n, b),
              "hypernetwork": 3 * hyper_fwd if hyper_fwd else None}
     desc = (f"{b} rows x {n} tokens; T2L-{hcfg.variant} latent {latent} / head_in {head_in}, "
             f"{'+'.join(mods)} r {hcfg.r}")

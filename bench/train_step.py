@@ -102,8 +102,12 @@ def make_batch(p, vocab, seed=0):
     tokens = rng.integers(10, vocab, size=(b, tq)).astype(np.int32)
     loss_mask = np.zeros((b, tq), np.float32)
     loss_mask[:, tq - resp - 1:tq - 1] = 1.0  # position t predicts token t+1: the last `resp` tokens
+    # what the trainer's data sources add (methods/d2l_data.response_index): loss_mask's positions, where alone
+    # the JAX step computes logits; the PyTorch side reads loss_mask
+    idx = np.tile(np.arange(tq - resp - 1, tq - 1, dtype=np.int32), (b, 1))
     return {"ctx_ids": ctx_ids, "ctx_mask": ctx_mask, "n_chunks": np.full((b,), k, np.int32), "tokens": tokens,
-            "segment_ids": np.ones((b, tq), np.int32), "loss_mask": loss_mask}
+            "segment_ids": np.ones((b, tq), np.int32), "loss_mask": loss_mask, "student_idx": idx,
+            "resp_valid": np.ones((b, resp), np.int32)}
 
 
 # ===== JAX side: the project's trainer step ======================================================================

@@ -27,8 +27,10 @@ Data keys (data.*):
                   from chunk_probs (counts 1..len) within ceil(L/chunk_tokens)..ceil(L/min_chunk_tokens) for L
                   templated context ids; documents needing more than max_chunks chunks are skipped and counted
   query_len       student row length (QA turn + response); longer QAs are skipped and counted (max_qas_len)
-  max_response_tokens, teacher_len   loss.kind 'kd' only: response positions R and the teacher row length
-                  (document in context + the same QA; 0 = max_chunks*chunk_tokens + query_len + 16)
+  max_response_tokens   response positions R (capped at query_len - 1): the student's (and teacher's) LM head
+                  runs on these R rows only; a longer response is skipped and counted
+  teacher_len     loss.kind 'kd' only: the teacher row length (document in context + the same QA;
+                  0 = max_chunks*chunk_tokens + query_len + 16)
 """
 import ml_collections
 
@@ -69,7 +71,8 @@ def get_config(preset: str = "toy"):
                             scaler_b_init=1.0))
         c.loss.update(dict(kind="ce", l1_coef=0.0, neftune_alpha=0.0))
         c.data.update(dict(source="toy_niah", chunk_tokens=64, max_chunks=4, chunk_probs=(0.4, 0.2, 0.2, 0.2),
-                           query_len=24, min_doc_len=32, curriculum_examples=200 * 16, batch_chunk_count=True))
+                           query_len=24, max_response_tokens=8, min_doc_len=32, curriculum_examples=200 * 16,
+                           batch_chunk_count=True))
         c.eval.update(dict(lengths=(64, 128, 256, 512, 1024), n=32, seed=1234, batch_size=16))
         c.compute_dtype = "float32"
         c.seed = 0

@@ -214,9 +214,11 @@ class Decoder(nn.Module):
     ``lora_dropout``: dropout rate on the input of every LoRA term (training; needs the 'dropout' rng).
 
     __call__(tokens [B, T] int, positions [B, T] = arange, segment_ids [B, T] = ones, adapter = None,
-             cache = None, embeddings [B, T, H] = None (instead of tokens), return_hidden = False)
-      -> dict(logits [B, T, V] float32, cache (when given), hidden [L, B, T, H] layer inputs (when asked),
-              final_hidden [B, T, H] (after the final norm))
+             cache = None, embeddings [B, T, H] = None (instead of tokens), return_hidden = False,
+             logits_at [B, R] int = None)
+      -> dict(logits [B, T, V] float32 (or [B, R, V]: only the positions ``logits_at`` names — the LM head, the
+              largest matmul at real vocabularies, then runs on R rows instead of T), cache (when given),
+              hidden [L, B, T, H] layer inputs (when asked), final_hidden [B, T, H] (after the final norm))
     """
 
     cfg: ModelConfig
@@ -226,7 +228,7 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens=None, positions=None, segment_ids=None, adapter: Adapter | None = None,
-                 cache: KVCache | None = None, embeddings=None, return_hidden: bool = False):
+                 cache: KVCache | None = None, embeddings=None, return_hidden: bool = False, logits_at=None):
         cfg = self.cfg
         embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, embedding_init=nn.initializers.normal(0.02),
                                 param_dtype=jnp.float32, dtype=self.dtype, name="embed_tokens")
@@ -269,11 +271,12 @@ class Decoder(nn.Module):
         h, ys = layers(cfg, self.dtype, return_hidden, self.lora_dropout, name="layers")(x, xs, shared)
 
         h = RMSNorm(cfg.rms_norm_eps, cfg.norm_weight_offset, name="norm")(h)
+        h_out = h if logits_at is None else jnp.take_along_axis(h, logits_at.astype(jnp.int32)[..., None], axis=1)
         if cfg.tie_word_embeddings:
-            logits = embed_tokens.attend(h)
+            logits = embed_tokens.attend(h_out)
         else:
             logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                              kernel_init=nn.initializers.normal(0.02), name="lm_head")(h)
+                              kernel_init=nn.initializers.normal(0.02), name="lm_head")(h_out)
         logits = logits.astype(jnp.float32)
         if cfg.final_logit_softcap:
             logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap

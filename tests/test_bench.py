@@ -33,7 +33,7 @@ def test_flop_accounting_matches_xla_count():
     params = init_params(cfg, jax.random.PRNGKey(0))
     ids = jnp.zeros((2, 16), jnp.int32)
     xla = xla_flops(lambda p, t: forward(p, cfg, t)["logits"], params, ids)
-    ours = fwd_flops(cfg, 16, cfg.num_layers, True, rows=2)
+    ours = fwd_flops(cfg, 16, cfg.num_layers, 16, rows=2)
     assert xla is not None and ours == pytest.approx(xla, rel=0.15)
 
 

@@ -120,6 +120,10 @@ def test_examples_chunks_skips_and_exact_resume(world):
         k = int(e["n_chunks"])
         assert e["ctx_mask"][:k].any(axis=1).all() and not e["ctx_mask"][k:].any()
         assert e["loss_mask"].sum() >= 1 and e["segment_ids"].sum() <= 64
+        # the student's logits are computed only at student_idx: exactly loss_mask's positions
+        v = e["resp_valid"] > 0
+        assert e["student_idx"].shape == (16,) and not e["student_idx"][~v].any()
+        np.testing.assert_array_equal(np.nonzero(e["loss_mask"])[0], e["student_idx"][v])
         assert e["ctx_ids"].shape == (3, 40 + len(m.affixes))
     s = ex.stats.summary()
     assert s["d2l/ctx_too_long"] >= 3 and s["tokenize/qa_too_long"] >= 1 and s["d2l/replaced_by_next_record"] >= 3
@@ -139,6 +143,18 @@ def test_examples_chunks_skips_and_exact_resume(world):
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
+
+
+@pytest.mark.parametrize("kind", ["ce", "kd"])
+def test_responses_longer_than_max_response_tokens_are_skipped_and_counted(world, kind):
+    r = min(int(_method(_config(world, kind)).example(i)["loss_mask"].sum()) for i in range(12))
+    m = _method(_config(world, kind, max_response_tokens=r))
+    exs = [m.example(i) for i in range(12)]
+    assert all(0 < e["resp_valid"].sum() == e["loss_mask"].sum() <= r and e["student_idx"].shape == (r,)
+               for e in exs)
+    with pytest.raises(ValueError, match=r"no usable .*'d2l/response_too_long': \d+"):
+        m = _method(_config(world, kind, max_response_tokens=r - 1))
+        [m.example(i) for i in range(12)]
 
 
 def test_kd_teacher_positions_line_up_with_the_student_response(world):

@@ -139,3 +139,27 @@ def test_lora_dropout_is_inverted_dropout():
     assert float(jnp.abs(draws[0] - exact).max()) > 0.1             # one draw is not the mean
     err = float(jnp.abs(draws.mean(0) - exact).max() / jnp.abs(exact).max())
     assert err < 0.06, err
+
+
+@pytest.mark.parametrize("family", ["gemma2", "llama"])
+def test_logits_at_are_the_full_logits_at_those_positions(model_dir, tmp_path, family):
+    """``logits_at`` [B, R] runs the LM head on R rows only (gemma: tied embeddings + final soft-cap; llama: own
+    lm_head) and returns exactly those rows of the full logits, with the adapter in place and gradients alike."""
+    cfg, params = load_model(model_dir if family == "gemma2" else make_tiny(family, str(tmp_path / "m")))
+    rng = np.random.default_rng(5)
+    ids = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, 11)))
+    idx = jnp.asarray([[3, 4, 5, 0], [9, 1, 1, 2]], jnp.int32)
+    ad = _random_adapter(cfg, 2)
+    full = forward(params, cfg, ids, adapter=ad)["logits"]
+    part = forward(params, cfg, ids, adapter=ad, logits_at=idx)["logits"]
+    assert part.shape == (2, 4, cfg.vocab_size)
+    np.testing.assert_allclose(np.asarray(part), np.take_along_axis(np.asarray(full), np.asarray(idx)[..., None], 1),
+                               rtol=0, atol=1e-5)
+    # the gradient w.r.t. the adapter of a loss on those rows is the same either way
+    w = jnp.asarray(rng.standard_normal((2, 4, cfg.vocab_size)), jnp.float32)
+    g_full = jax.grad(lambda a: jnp.sum(jnp.take_along_axis(
+        forward(params, cfg, ids, adapter=a)["logits"], idx[..., None], axis=1) * w))(ad)
+    g_part = jax.grad(lambda a: jnp.sum(forward(params, cfg, ids, adapter=a, logits_at=idx)["logits"] * w))(ad)
+    for a, b in zip(jax.tree_util.tree_leaves(g_full), jax.tree_util.tree_leaves(g_part)):
+        # float32, summation order differs (vocab-sized contractions): relative to the largest entry
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 1e-5 * np.abs(np.asarray(a)).max()

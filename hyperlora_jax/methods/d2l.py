@@ -28,10 +28,10 @@ from hyperlora_jax.data.iterators import IndexedBatchIterator
 from hyperlora_jax.model import forward
 
 
-def response_logprobs(logits, tokens, mask):
-    """Per-position log p(next token) [B, T-1] and the matching mask."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0], mask[:, :-1]
+def logprobs_of(logits, targets):
+    """log p(target) [B, R] from logits [B, R, V] (float32 softmax) and target ids [B, R]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
 def per_doc_mean(values, mask):
@@ -47,14 +47,14 @@ def l1_of_adapter(adapter) -> jax.Array:
     return sum(parts) / len(parts)
 
 
-def kd_loss(student_logits, teacher_logits, s_idx, t_idx, valid, top_k: int):
+def kd_loss(student_logits, teacher_logits, valid, top_k: int):
     """CE of the student against the teacher's unrenormalised top-k probabilities at aligned response positions.
 
-    *_logits [B, T*, V]; s_idx / t_idx [B, R] positions whose logits predict response token r; valid [B, R].
+    *_logits [B, R, V]: the logits predicting response token r (taken at ``student_idx`` / ``teacher_idx`` by the
+    forward passes); valid [B, R].
     """
-    take = lambda lg, idx: jnp.take_along_axis(lg, idx[:, :, None], axis=1)  # [B, R, V]
-    s = jax.nn.log_softmax(take(student_logits, s_idx).astype(jnp.float32), axis=-1)
-    t = jax.nn.softmax(take(jax.lax.stop_gradient(teacher_logits), t_idx).astype(jnp.float32), axis=-1)
+    s = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
+    t = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32), axis=-1)
     top_p, top_i = jax.lax.top_k(t, top_k)
     ce = -(top_p * jnp.take_along_axis(s, top_i, axis=-1)).sum(-1)  # [B, R]
     return per_doc_mean(ce, valid.astype(jnp.float32))
@@ -149,18 +149,20 @@ class D2LMethod:
             emb = emb + jax.random.uniform(rng, emb.shape, emb.dtype, -1.0, 1.0) * alpha / np.sqrt(t * d)
             if self.base_cfg.embed_scale:
                 emb = emb * jnp.asarray(self.base_cfg.hidden_size ** 0.5, self.dtype)
+        # logits only at the R positions that predict response tokens (student_idx): the LM head is the largest
+        # matmul at real vocabularies and the loss needs no other row
+        s_idx, valid = batch["student_idx"], batch["resp_valid"]
         out = forward(base_params, self.base_cfg, batch["tokens"], positions=pos, segment_ids=seg, adapter=adapter,
-                      dtype=self.dtype, remat=self.config.get("remat", "none"), embeddings=emb)
+                      dtype=self.dtype, remat=self.config.get("remat", "none"), embeddings=emb, logits_at=s_idx)
         if self.config.loss.kind == "ce":
-            lp, m = response_logprobs(out["logits"], batch["tokens"], batch["loss_mask"])
-            task = per_doc_mean(-lp, m)
+            targets = jnp.take_along_axis(batch["tokens"], s_idx + 1, axis=1)
+            task = per_doc_mean(-logprobs_of(out["logits"], targets), valid.astype(jnp.float32))
         elif self.config.loss.kind == "kd":
             tseg = batch["teacher_segment_ids"]
             tpos = jnp.maximum(jnp.cumsum(tseg, axis=1) - 1, 0)
             teacher = forward(base_params, self.base_cfg, batch["teacher_tokens"], positions=tpos, segment_ids=tseg,
-                              dtype=self.dtype)["logits"]
-            task = kd_loss(out["logits"], teacher, batch["student_idx"], batch["teacher_idx"], batch["resp_valid"],
-                           self.config.loss.top_k)
+                              dtype=self.dtype, logits_at=batch["teacher_idx"])["logits"]
+            task = kd_loss(out["logits"], teacher, valid, self.config.loss.top_k)
         else:
             raise ValueError(f"unknown loss.kind {self.config.loss.kind!r} (ce, kd)")
         l1 = l1_of_adapter(adapter)

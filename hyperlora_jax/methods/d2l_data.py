@@ -63,6 +63,26 @@ def query_row(method, question: str, answer: str, length: int):
     return tokens, mask, (np.arange(length) < len(ids)).astype(np.int32)
 
 
+def response_index(loss_mask, r: int):
+    """(student_idx [r] int32, resp_valid [r] int32) of a row's loss positions (loss_mask [Tq], next-token
+    convention: position t predicts token t+1), padded with position 0 / valid 0; None if there are more than r.
+    ``D2LMethod.loss`` takes the student's logits only at these positions."""
+    pos = np.nonzero(np.asarray(loss_mask) > 0)[0]
+    if len(pos) > r:
+        return None
+    idx = np.zeros(r, np.int32)
+    idx[:len(pos)] = pos
+    return idx, (np.arange(r) < len(pos)).astype(np.int32)
+
+
+def response_budget(data_cfg) -> int:
+    """R = ``data.max_response_tokens`` (default 256) capped at ``data.query_len - 1``."""
+    r = int(data_cfg.get("max_response_tokens", 256))
+    if r < 1:
+        raise ValueError(f"data.max_response_tokens must be >= 1, got {r}")
+    return min(r, int(data_cfg.query_len) - 1)
+
+
 SHORTEST_DOC = 26  # characters: the 25-character needle plus one
 CURRICULUM_START = 40  # longest document (characters) at the start of the toy curriculum
 
@@ -91,6 +111,7 @@ def toy_niah(method, data_cfg, seed: int):
 
     per_batch = bool(data_cfg.get("batch_chunk_count", False))
     g = int(method.config.batch_size)
+    r = response_budget(data_cfg)
 
     def example(i):
         rng = np.random.default_rng([seed, i, 11])
@@ -107,6 +128,9 @@ def toy_niah(method, data_cfg, seed: int):
         ex = make_example(seed + 1000, i, length)
         ids, mask, k = chunk_slots(method, ex.document, data_cfg.max_chunks)
         tokens, loss_mask, seg = query_row(method, ex.question, ex.answer, data_cfg.query_len)
+        resp = response_index(loss_mask, r)
+        if resp is None:
+            raise ValueError(f"toy answer of {int(loss_mask.sum())} tokens exceeds data.max_response_tokens {r}")
         return {"ctx_ids": ids, "ctx_mask": mask, "n_chunks": np.int32(k), "tokens": tokens, "loss_mask": loss_mask,
-                "segment_ids": seg}
+                "segment_ids": seg, "student_idx": resp[0], "resp_valid": resp[1]}
     return example, None

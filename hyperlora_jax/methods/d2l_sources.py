@@ -11,7 +11,8 @@ Config keys (``data.*``):
   split                 a TFDS split string (``train``, ``train_32_128+train_128_256``, ``train[:90%]`` ...)
   chunk_tokens, max_chunks, chunk_probs, min_chunk_tokens   chunking (below)
   query_len             student row length Tq (the reference's ``max_qas_len``)
-  max_response_tokens   R of the kd position arrays (the reference's teacher wrote at most 256 new tokens)
+  max_response_tokens   R of the response position arrays (capped at query_len - 1; the reference's teacher wrote
+                        at most 256 new tokens); a longer response is skipped and counted
   teacher_len           teacher row length Tt (0 = max_chunks·chunk_tokens + query_len + 16)
 
 Stream: epoch e = i // n (n records) visits the records in ``np.random.default_rng([seed, e]).permutation(n)``
@@ -35,8 +36,9 @@ Per example (spec 2.1, 2.2, 11.2):
 Everything skipped is counted in ``example.stats`` (a ``DataStats``), logged every ``LOG_EVERY`` examples.
 
 Fields: ctx_ids / ctx_mask [K, T] (K = max_chunks, T = chunk_tokens + |affixes|), n_chunks; tokens / loss_mask /
-segment_ids [Tq] (loss_mask in next-token convention: position t predicts token t+1). For ``loss.kind == 'kd'``
-also teacher_tokens / teacher_segment_ids [Tt] and student_idx / teacher_idx / resp_valid [R]: the teacher is the
+segment_ids [Tq] (loss_mask in next-token convention: position t predicts token t+1); student_idx / resp_valid [R]:
+loss_mask's positions (the only rows of the student's LM head the loss computes). For ``loss.kind == 'kd'``
+also teacher_tokens / teacher_segment_ids / teacher_idx [Tt, Tt, R]: the teacher is the
 frozen base model with the document in context, run on the fly by ``D2LMethod.loss`` (stored teacher top-k rows
 of self-generated data are not used). Teacher row:
   * text records: the chat template over [system "", user ``ctx.strip() + "\\n\\n" + question.strip()``] + the
@@ -46,8 +48,7 @@ of self-generated data are not used). Teacher row:
     context ids (the shared template head), i.e. the question turn and response.
 Response token r sits at student position s_r and teacher position t_r (equal token ids, checked; a mismatch is
 skipped and counted); ``student_idx = s_r − 1`` and ``teacher_idx = t_r − 1`` are the positions whose logits
-predict it, as ``kd_loss`` takes them. A response longer than ``max_response_tokens`` or a teacher row longer
-than ``teacher_len`` is skipped and counted.
+predict it. A teacher row longer than ``teacher_len`` is skipped and counted.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ import os
 
 import numpy as np
 
-from hyperlora_jax.methods.d2l_data import source
+from hyperlora_jax.methods.d2l_data import response_budget, response_index, source
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class TFDSExamples:
         self.min_chunk_tokens = int(data_cfg.get("min_chunk_tokens", 25))
         self.probs = tuple(float(p) for p in data_cfg.get("chunk_probs", (1.0,)))
         self.query_len = int(data_cfg.query_len)
-        self.max_resp = int(data_cfg.get("max_response_tokens", 256))
+        self.max_resp = response_budget(data_cfg)
         tl = int(data_cfg.get("teacher_len", 0))
         self.teacher_len = tl if tl > 0 else self.max_chunks * self.chunk_tokens + self.query_len + 16
         if self.max_chunks < 1:
@@ -183,8 +184,6 @@ class TFDSExamples:
                              "weights (chunk counts 1, 2, ...) with a positive sum")
         if self.query_len < 2:
             raise ValueError(f"data.query_len must be >= 2, got {self.query_len}")
-        if self.kd and self.max_resp < 1:
-            raise ValueError(f"data.max_response_tokens must be >= 1 for loss.kind 'kd', got {self.max_resp}")
 
         self.records = open_split(data_cfg, source_name)
         self.n = len(self.records)
@@ -278,14 +277,15 @@ class TFDSExamples:
         loss_mask = np.zeros(self.query_len, np.float32)
         loss_mask[:n - 1] = qa.target[1:n]
         seg = (np.arange(self.query_len) < n).astype(np.int32)
+        resp = response_index(loss_mask, self.max_resp)
+        if resp is None:
+            return "response_too_long"
         ex = {"ctx_ids": ctx_ids, "ctx_mask": ctx_mask, "n_chunks": np.int32(len(s.ctx_chunks)), "tokens": tokens,
-              "loss_mask": loss_mask, "segment_ids": seg}
+              "loss_mask": loss_mask, "segment_ids": seg, "student_idx": resp[0], "resp_valid": resp[1]}
         if not self.kd:
             return ex
         s_pos = np.nonzero(qa.target)[0]
         s_pos = s_pos[s_pos >= 1]
-        if len(s_pos) > self.max_resp:
-            return "kd_response_too_long"
         t = self._teacher(one, qa)
         if t is None:
             return "kd_bad_teacher"
@@ -299,13 +299,10 @@ class TFDSExamples:
         r = len(s_pos)
         teacher = np.zeros(self.teacher_len, np.int32)
         teacher[:len(tids)] = tids
-        s_idx = np.zeros(self.max_resp, np.int32)
         t_idx = np.zeros(self.max_resp, np.int32)
-        s_idx[:r], t_idx[:r] = s_pos - 1, t_pos - 1
+        t_idx[:r] = t_pos - 1
         ex.update(teacher_tokens=teacher,
-                  teacher_segment_ids=(np.arange(self.teacher_len) < len(tids)).astype(np.int32),
-                  student_idx=s_idx, teacher_idx=t_idx,
-                  resp_valid=(np.arange(self.max_resp) < r).astype(np.int32))
+                  teacher_segment_ids=(np.arange(self.teacher_len) < len(tids)).astype(np.int32), teacher_idx=t_idx)
         return ex
 
     # -- the example function
