@@ -1,12 +1,15 @@
 """Device benchmark: tokens/s and MFU of one D2L and one T2L training step at gemma-2-2b size (random weights).
 
     python bench/device_step.py [--small] [--which d2l,t2l] [--steps 10] [--batch 4] [--remat none|full|dots]
-                                [--out FILE]
+                                [--compile-only] [--out FILE]
 
 Meant for one GPU or TPU (``pip install ".[cuda]"`` or ``".[tpu]"``, then run it as is: nothing is downloaded, the
 base is built from ``tests/data/configs/gemma-2-2b.json`` with random bf16 weights). ``--small`` swaps in a tiny
 gemma-2-shaped model and hypernetworks so the script runs on a CPU in about a minute (smoke test; MFU is not printed
-for devices whose peak is unknown). Each step is the trainer's own (``train.make_train_step`` around the method's
+for devices whose peak is unknown). ``--compile-only`` compiles each step with abstract base weights and prints
+XLA's buffer assignment instead of timing it (argument / output / temporary GiB per step; runs on a CPU in about
+a minute per step at full size, where XLA:CPU's numbers include the float32 copies of bf16 weights it makes for its
+dots — compare variants on one backend, not across). Each step is the trainer's own (``train.make_train_step`` around the method's
 ``loss``, optax AdamW, global-norm clip, jitted with the state donated), built without the methods' data start-up.
 
 * **D2L** (``configs/d2l.py:gemma2_2b``: per_layer_activations, down_proj r = 8, Perceiver latent 512 x 8 latents x 9
@@ -220,13 +223,28 @@ def t2l_setup(bc, base, a):
     return method, tx, _state(params, tx, 2), batch, flops, {"student": b * n, "all": b * n}, desc, emb
 
 
-def bench_one(name, method, tx, state, frozen, batch, flops, tokens, desc, steps):
+def memory_gib(compiled) -> dict:
+    """XLA's buffer assignment of a compiled step: argument / output / temporary bytes (GiB), or {}."""
+    try:
+        m = compiled.memory_analysis()
+        return {k: getattr(m, f"{k}_size_in_bytes") / 2 ** 30 for k in ("argument", "output", "temp")}
+    except Exception:  # noqa: BLE001 — not every backend reports it
+        return {}
+
+
+def bench_one(name, method, tx, state, frozen, batch, flops, tokens, desc, steps, compile_only=False):
     from hyperlora_jax.train import _peak_flops, make_train_step
     step = jax.jit(make_train_step(method, tx, 1), donate_argnums=(0,))
     t0 = time.perf_counter()
     compiled = step.lower(state, frozen, batch).compile()
     compile_s = time.perf_counter() - t0
     xla_step = compiled_flops(compiled)
+    mem = memory_gib(compiled)
+    if compile_only:
+        row = {"step": name, "desc": desc, "compile_s": compile_s, **{f"{k}_GiB": v for k, v in mem.items()},
+               "xla_GFLOP_per_step": None if xla_step is None else xla_step / 1e9}
+        print(f"  {name}: compile {compile_s:.1f} s, XLA temp {mem.get('temp', float('nan')):.2f} GiB", flush=True)
+        return row
     state, m = compiled(state, frozen, batch)  # warm-up
     loss0 = float(m["loss"])
     times = []
@@ -243,7 +261,7 @@ def bench_one(name, method, tx, state, frozen, batch, flops, tokens, desc, steps
            "all_tokens_per_s": tokens["all"] / dt, "model_GFLOP_per_step": model_flops / 1e9,
            "xla_GFLOP_per_step": None if xla_step is None else xla_step / 1e9,
            "achieved_TFLOP_s": model_flops / dt / 1e12, "peak_TFLOP_s": None if peak is None else peak / 1e12,
-           "mfu": None if peak is None else model_flops / dt / peak,
+           "mfu": None if peak is None else model_flops / dt / peak, **{f"{k}_GiB": v for k, v in mem.items()},
            "flops_breakdown_GFLOP": {k: (None if v is None else v / 1e9) for k, v in flops.items()}}
     print(f"  {name}: {1e3 * dt:,.1f} ms/step, compile {compile_s:.1f} s, loss {loss0:.4f} -> {row['loss_last']:.4f}",
           flush=True)
@@ -261,23 +279,40 @@ def main(argv=None):
     ap.add_argument("--response", type=int, default=256)
     ap.add_argument("--seq-len", type=int, default=512, help="T2L sequence length")
     ap.add_argument("--remat", choices=("none", "full", "dots"), default="full")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="lower + compile each step with abstract base weights (nothing allocated for them) and "
+                         "print XLA's buffer assignment (argument / output / temp GiB); works on a CPU")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     if a.small:
         a.steps, a.batch, a.chunk_tokens, a.query_len, a.response, a.seq_len = (min(a.steps, 3), 2, 32, 64, 16, 64)
     print(f"backend {jax.default_backend()}, devices {[d.device_kind for d in jax.devices()]}", flush=True)
     bc = base_config(a.small)
-    base = _random_base(bc, jnp.bfloat16)
+    base = (jax.eval_shape if a.compile_only else lambda f: f())(lambda: _random_base(bc, jnp.bfloat16))
     rows = []
     which = a.which.split(",")
     if "d2l" in which:
         method, tx, state, batch, flops, tokens, desc = d2l_setup(bc, base, a)
-        rows.append(bench_one("D2L", method, tx, state, base, batch, flops, tokens, desc, a.steps))
+        rows.append(bench_one("D2L", method, tx, state, base, batch, flops, tokens, desc, a.steps, a.compile_only))
         del state
     if "t2l" in which:
         method, tx, state, batch, flops, tokens, desc, emb = t2l_setup(bc, base, a)
         rows.append(bench_one("T2L", method, tx, state, {"base": base, "task_emb": emb}, batch, flops, tokens,
-                              desc, a.steps))
+                              desc, a.steps, a.compile_only))
+    if a.compile_only:
+        print(C.table(rows, [("step", "step", ""), ("temp_GiB", "XLA temp GiB", ".2f"),
+                             ("argument_GiB", "arguments GiB", ".2f"), ("output_GiB", "outputs GiB", ".2f"),
+                             ("xla_GFLOP_per_step", "XLA GFLOP/step (loops once)", ",.1f"),
+                             ("compile_s", "compile s", ".1f")],
+                      f"buffer assignment on {jax.default_backend()} at "
+                      f"{'a tiny gemma-2 shape' if a.small else 'gemma-2-2b'} size, remat {a.remat}, "
+                      f"batch {a.batch} (compile only)"))
+        for r in rows:
+            print(f"  {r['step']}: {r['desc']}")
+        payload = {"rows": rows, "base_params": bc.num_params(), "small": a.small, "remat": a.remat,
+                   "compile_only": True}
+        payload["json"] = C.write_json("device_step_memory", a.out, dict(payload))
+        return payload
     pct = lambda v: f"{100 * v:.1f}%"
     print(C.table(rows, [("step", "step", ""), ("step_s", "s / step", ".3f"),
                          ("student_tokens_per_s", "student tokens/s", ",.0f"),

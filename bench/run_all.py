@@ -1,6 +1,7 @@
 """Runs every CPU benchmark, one after the other, each in its own process, and prints the total wall time.
 
-    python bench/run_all.py [--smoke] [--only memory,latency,train_step,train_step_1thread,data_throughput]
+    python bench/run_all.py [--smoke] [--only memory,latency,train_step,train_step_1thread,train_step_sizes,
+                                               data_throughput]
                             [--results DIR]
 
 Each script prints its tables and writes ``<results>/<script>.json`` (default ``bench/results/``); this writes
@@ -18,10 +19,12 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# name -> (script, extra arguments of the full run); train_step runs twice: with each framework's default threads
-# (both use every core) and on one core each (the script pins the process to one CPU) — see the README
+# name -> (script, extra arguments of the full run); train_step runs three times: with each framework's default
+# threads (both use every core), on one core each (the script pins the process to one CPU), and the size sweep on
+# one core — see the README
 RUNS = {"memory": ("memory", []), "latency": ("latency", []), "train_step": ("train_step", []),
         "train_step_1thread": ("train_step", ["--threads", "1"]),
+        "train_step_sizes": ("train_step", ["--sweep", "--threads", "1"]),
         "data_throughput": ("data_throughput", ["--seconds", "10"])}  # 10 s of the pipeline gives a stable rate
 SCRIPTS = tuple(RUNS)
 

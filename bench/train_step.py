@@ -1,7 +1,8 @@
 """One D2L training step in JAX (the project's code path) vs the same step in PyTorch, same small config, same
 weights, on CPU → steps/s of each, the speed ratio, JAX compile time apart, and the loss difference.
 
-    python bench/train_step.py [--preset bench|smoke] [--smoke] [--steps 6] [--out FILE] [--threads N]
+    python bench/train_step.py [--preset bench|h128|h64|smoke] [--smoke] [--sweep] [--steps 6] [--out FILE]
+                               [--threads N]
 
 The step (CE objective, the reference's NIAH loss, plus the L1 regulariser on the combined adapters):
 
@@ -13,7 +14,8 @@ The step (CE objective, the reference's NIAH loss, plus the L1 regulariser on th
     reference's exclusions)
 
 * **JAX**: ``methods.d2l.D2LMethod.loss`` (context encoder, hypernetwork, combination and student exactly as the
-  trainer runs them) inside ``train.make_train_step`` with ``optim.make_optimizer`` (optax), jitted with the state
+  trainer runs them; the student's LM head only at the R response positions the data sources list in
+  ``student_idx``) inside ``train.make_train_step`` with ``optim.make_optimizer`` (optax), jitted with the state
   donated, as ``train.run`` does. Float32. ``model.chunk_group`` = all B·K chunks, i.e. the context encoder and the
   hypernetwork see every chunk of the batch in one call, as the PyTorch side does (the trainer's default
   ``chunk_group = 1`` streams the chunks one at a time with ``lax.map`` to bound memory: ~1.5x slower here).
@@ -23,7 +25,8 @@ The step (CE objective, the reference's NIAH loss, plus the L1 regulariser on th
   minimal Perceiver (SwiGLU modality projection, sandwich-norm cross-attention resamplers, GQA via
   ``scaled_dot_product_attention``) + per-layer ResMLP / L2-norm / head module with the same shapes and our
   hypernetwork weights copied in; per-example LoRA applied by forward hooks on every layer's ``mlp.down_proj``
-  (y += α · (x Aᵀ) B with A, B [B, R, d] of that layer); ``torch.optim.AdamW`` with two param groups (decay / no
+  (y += α · (x Aᵀ) B with A, B [B, R, d] of that layer); the logits of every position, as the reference (and
+  transformers' default) computes them, with the CE over the response tokens; ``torch.optim.AdamW`` with two param groups (decay / no
   decay) and ``clip_grad_norm_``. Float32, eager (``torch.compile`` is not used: the reference trains eager, and an
   inductor compile would have to be timed and amortised like XLA's).
 
@@ -76,6 +79,18 @@ PRESETS = {
                   hyper=dict(latent_size=128, n_latent_queries=8, num_blocks=2, n_heads=4, head_dim=32,
                              num_key_value_heads=2),
                   r=8, batch=4, chunks=2, chunk_len=128, query_len=128, response=32),
+    # the size sweep (--sweep): the same step at half and a quarter of the bench widths (vocab, d_ff, latents and
+    # token counts scaled along), to show how the ratio moves from overhead-bound to matmul-bound
+    "h64": dict(base=dict(model_type="llama", vocab_size=1024, hidden_size=64, intermediate_size=192, num_layers=4,
+                          num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=4096),
+                hyper=dict(latent_size=32, n_latent_queries=8, num_blocks=2, n_heads=4, head_dim=8,
+                           num_key_value_heads=2),
+                r=8, batch=4, chunks=2, chunk_len=64, query_len=64, response=16),
+    "h128": dict(base=dict(model_type="llama", vocab_size=2048, hidden_size=128, intermediate_size=384,
+                           num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=4096),
+                 hyper=dict(latent_size=64, n_latent_queries=8, num_blocks=2, n_heads=4, head_dim=16,
+                            num_key_value_heads=2),
+                 r=8, batch=4, chunks=2, chunk_len=96, query_len=96, response=24),
     "smoke": dict(base=dict(model_type="llama", vocab_size=256, hidden_size=48, intermediate_size=96, num_layers=3,
                             num_heads=2, num_kv_heads=1, head_dim=24, max_position_embeddings=512),
                   hyper=dict(latent_size=16, n_latent_queries=4, num_blocks=1, n_heads=2, head_dim=8,
@@ -482,9 +497,38 @@ def run(preset="bench", steps=6, threads=None, seed=0):
     return rows, summary
 
 
+SWEEP = ("h64", "h128", "bench")
+
+
+def sweep(steps, threads, out, sizes=SWEEP):
+    """The step at each size (default SWEEP): one table of JAX / PyTorch by model width."""
+    rows = []
+    for name in sizes:
+        _, s = run(name, steps, threads)
+        b = s["batch"]
+        rows.append({"preset": name, "hidden": s["base"]["hidden"], "vocab": s["base"]["vocab"],
+                     "base_M": s["base"]["params"] / 1e6, "hyper_M": s["hypernet_params"] / 1e6,
+                     "tokens": f"{b['docs']}x{b['chunks']}x{b['chunk_len']} + {b['docs']}x{b['query_len']}",
+                     "jax_ms": s["jax_ms_per_step"], "torch_ms": s["torch_ms_per_step"],
+                     "ratio": s["jax_over_torch"], "pair_ratio": s["jax_over_torch_median_of_pairs"],
+                     "compile_s": s["jax_compile_s"], "loss_abs_diff": s["loss_abs_diff"]})
+        print(f"  {name}: JAX {s['jax_ms_per_step']:.1f} ms, PyTorch {s['torch_ms_per_step']:.1f} ms", flush=True)
+    print(C.table(rows, [("preset", "preset", ""), ("hidden", "H", "d"), ("vocab", "vocab", "d"),
+                         ("base_M", "base M params", ".2f"), ("hyper_M", "hypernet M params", ".2f"),
+                         ("tokens", "ctx + query tokens", ""), ("jax_ms", "JAX ms/step", ",.1f"),
+                         ("torch_ms", "PyTorch ms/step", ",.1f"), ("ratio", "JAX / PyTorch", ".2f"),
+                         ("pair_ratio", "median of pair ratios", ".2f"), ("compile_s", "JAX compile s", ".1f")],
+                  f"D2L training step by model size (medians of {steps} alternating steps each, torch threads "
+                  f"{threads or 'default'}, {len(os.sched_getaffinity(0))} CPU(s))"))
+    payload = {"rows": rows, "summary": {"sweep": list(sizes), "steps": steps, "threads": threads}}
+    payload["json"] = C.write_json("train_step_sizes", out, dict(payload))
+    return payload
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="bench")
+    ap.add_argument("--sweep", action="store_true", help=f"every size of {SWEEP}: one table of the ratio by size")
     ap.add_argument("--smoke", action="store_true", help="= --preset smoke --steps 2")
     ap.add_argument("--steps", type=int, default=6, help="timed steps of each framework (alternating)")
     ap.add_argument("--threads", type=int, default=None,
@@ -494,6 +538,8 @@ def main(argv=None):
     if a.smoke:
         a.preset, a.steps = "smoke", 2
     print(f"backend {jax.default_backend()}; load {os.getloadavg()}", flush=True)
+    if a.sweep:  # with --smoke: the smoke size only
+        return sweep(a.steps, a.threads, a.out, ("smoke",) if a.smoke else SWEEP)
     rows, s = run(a.preset, a.steps, a.threads)
     b = s["batch"]
     print(C.table(rows, [("framework", "framework", ""), ("ms_per_step", "ms / step (median)", ",.1f"),

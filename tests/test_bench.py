@@ -45,3 +45,12 @@ def test_train_step_torch_matches_jax():
     assert s["loss_abs_diff"] < 1e-4 and s["loss2_abs_diff"] < 1e-4
     assert s["loss2_jax"] != s["loss_jax"]  # the optimizer moved the hypernetwork
     assert np.isfinite(s["jax_over_torch"]) and len(rows) == 2
+
+
+def test_device_step_compile_only_reports_buffer_assignment(tmp_path):
+    """--compile-only builds the trainer's D2L step with abstract base weights and reads XLA's memory analysis."""
+    import device_step
+    out = device_step.main(["--small", "--compile-only", "--which", "d2l", "--out", str(tmp_path / "m.json")])
+    (row,) = out["rows"]
+    assert row["step"] == "D2L" and row["temp_GiB"] > 0 and row["argument_GiB"] > 0
+    assert (tmp_path / "m.json").exists()

@@ -11,6 +11,9 @@ Objectives (``loss.kind``):
   kd    context distillation: teacher = the frozen base model WITH the document in context (``teacher_tokens``),
         computed on the fly; loss = − Σ_{j ∈ teacher top-k} p_teacher(j) · log_softmax(student)_j on response tokens
         (unrenormalised top-k, k = ``loss.top_k``).
+Both objectives read the logits only at the R positions that predict response tokens (``student_idx`` /
+``teacher_idx`` [B, R], ``resp_valid``; from the data sources): the LM head runs on R rows instead of every
+position (at gemma-2's 256k vocabulary a 2048-token row's float32 logits alone are 2.1 GB).
 Reductions: mean over each response's tokens, then mean over documents (one response per document here, which is
 the reference's per-context averaging with ``max_qas_per_sample = 1``). Plus ``loss.l1_coef`` × the reference's L1
 on the combined adapters (mean over modules of mean |A| + mean |B|, bias block and padding included).
