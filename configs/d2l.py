@@ -18,6 +18,11 @@ The published presets need model.base_model (a local HF directory), a prepared d
 init_from (the stage-1 workdir); paths are placeholders to override on the command line, e.g.
   --config.model.base_model=/models/gemma-2-2b-it --config.data.tfds_dir=/data/tfds --config.data.tfds_name=d2l_qa/mine
 
+Memory (model.*): chunk_group   chunks per context-encoder + hypernetwork call (1 = one at a time, lax.map);
+  remat_chunks    recompute each chunk group's hypernetwork in the backward pass from its saved encoder features
+                  (same gradients; gemma2_2b KD step, 4 one-chunk documents: XLA temporaries 41.2 -> 24.3 GiB for
+                  ~11% more FLOPs; worth it for many or long chunks per step)
+
 Data keys (data.*):
   source          toy_niah (generated, toy preset) | d2l_qa | niah (prepared TFDS datasets, methods/d2l_sources.py)
   tfds_dir        directory the d2l_qa / niah dataset was prepared in with hyperlora_jax.data.tfds (array_record)
@@ -43,7 +48,7 @@ def _common():
     c.model = ml_collections.ConfigDict(dict(
         base_model="", ctx_encoder_type="per_layer_activations", layer_idx=0, target_modules=("down_proj",), r=8,
         latent_size=512, n_latent_queries=8, num_blocks=9, num_pre_head_layers=1, n_heads=16, head_dim=128,
-        num_kv_heads=4, chunk_group=1, scaler_b_init=0.0))
+        num_kv_heads=4, chunk_group=1, remat_chunks=False, scaler_b_init=0.0))
     c.loss = ml_collections.ConfigDict(dict(kind="kd", top_k=16, l1_coef=0.1, neftune_alpha=5.0))
     c.data = ml_collections.ConfigDict(dict(source="d2l_qa", chunk_tokens=512, max_chunks=1, chunk_probs=(1.0,),
                                             query_len=2048, min_doc_len=25, curriculum_examples=0,

@@ -125,3 +125,29 @@ def test_adapter_from_chunks_traceable_and_differentiable(base, setup):
     assert abs(float(val) - want) < 1e-4 * max(1.0, want)
     leaves = jax.tree_util.tree_leaves(grads)
     assert all(np.isfinite(np.asarray(g)).all() for g in leaves) and any(np.abs(np.asarray(g)).max() > 0 for g in leaves)
+
+
+def test_remat_chunks_same_gradients_less_memory(base, setup):
+    """remat_chunks recomputes each chunk group's hypernetwork in the backward pass from the saved encoder
+    features: the same value and gradients (float32, relative to the largest entry: 1e-5), smaller XLA temporaries."""
+    kind, z, meta, hcfg, hparams, layer_idx = setup
+    if kind != "per_layer_activations":
+        pytest.skip("exercised once")
+    from hyperlora_jax.d2l.internalize import adapter_from_chunks
+    cfg, params = base
+    ids, mask = jnp.asarray(z["ctx_ids"]), jnp.asarray(z["ctx_attn_mask"])
+    n = jnp.asarray(z["n_ctx_chunks"], jnp.int32)
+
+    def loss(hp, remat):
+        ad = adapter_from_chunks(hp, params, ids, mask, n, hyper_cfg=hcfg, base_cfg=cfg, max_chunks=3,
+                                 chunk_group=1, remat_chunks=remat)
+        return jnp.sum(ad.B["down_proj"] ** 2) + jnp.sum(jnp.sin(ad.A["down_proj"]))
+
+    fns = {r: jax.jit(jax.value_and_grad(functools.partial(loss, remat=r))) for r in (False, True)}
+    (v0, g0), (v1, g1) = fns[False](hparams), fns[True](hparams)
+    assert abs(float(v0) - float(v1)) <= 1e-6 * max(1.0, abs(float(v0)))
+    for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() <= 1e-5 * max(np.abs(a).max(), 1e-12)
+    temp = {r: f.lower(hparams).compile().memory_analysis().temp_size_in_bytes for r, f in fns.items()}
+    assert temp[True] < temp[False]

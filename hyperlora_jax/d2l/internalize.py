@@ -11,8 +11,12 @@
 
 Encoder and perceiver activations exist for one group of chunks at a time, so peak memory is set by the chunk
 length T and ``chunk_group``, not by the document length; only the per-chunk LoRAs (the output) scale with K.
+Under ``grad`` (training) the map keeps every group's residuals for the backward pass — the Perceiver's 4H-wide
+modality projection over L·T rows dominates them — unless ``remat_chunks``: then each group's hypernetwork is
+rematerialised in the backward pass from the saved context-encoder features [G, L, T, H] (one more hypernetwork
+forward; the frozen encoder is not re-run), so training memory per chunk is its features, not its activations.
 The whole computation is one jitted program per (shapes, configs): its XLA ``memory_analysis()`` is the peak
-(see ``lowered`` and bench/d2l_memory.py).
+(see ``lowered``, bench/memory.py and ``bench/device_step.py --compile-only``).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 import numpy as np
 
 from hyperlora_jax.config import ModelConfig
@@ -51,19 +56,25 @@ def check_compatible(hyper_cfg: D2LHypernetConfig, base_cfg: ModelConfig, layer_
     kept_layers(base_cfg, hyper_cfg.ctx_encoder_type, layer_idx)  # validates layer_idx
 
 
+FEATURES = "d2l_ctx_features"  # the checkpoint name under which remat_chunks saves the encoder's output
+
+
 def _chunk_loras(hyper_params, hyper_cfg, base_params, base_cfg, ids, mask, layer_idx, dtype):
     feats = encode(base_params, base_cfg, ids, mask, encoder_type=hyper_cfg.ctx_encoder_type, layer_idx=layer_idx,
                    dtype=dtype)
+    feats = checkpoint_name(feats, FEATURES)
     return D2LHypernet(hyper_cfg).apply({"params": hyper_params}, feats, mask)
 
 
 def _program(hyper_params, base_params, ctx_ids, ctx_attn_mask, n_ctx_chunks, chunk_scalers, bias_scaler, *,
-             hyper_cfg, base_cfg, layer_idx, max_chunks, chunk_group, dtype):
+             hyper_cfg, base_cfg, layer_idx, max_chunks, chunk_group, dtype, remat_chunks=False):
     k, t = ctx_ids.shape
     g = chunk_group
     groups = (ctx_ids.reshape(k // g, g, t), ctx_attn_mask.reshape(k // g, g, t))
-    A, B = jax.lax.map(lambda x: _chunk_loras(hyper_params, hyper_cfg, base_params, base_cfg, x[0], x[1],
-                                              layer_idx, dtype), groups)
+    body = lambda x: _chunk_loras(hyper_params, hyper_cfg, base_params, base_cfg, x[0], x[1], layer_idx, dtype)
+    if remat_chunks:
+        body = jax.checkpoint(body, policy=jax.checkpoint_policies.save_only_these_names(FEATURES))
+    A, B = jax.lax.map(body, groups)
     flat = lambda d: {m: v.reshape((k,) + v.shape[2:]) for m, v in d.items()}
     bA, bB = bias_lora(hyper_params, hyper_cfg)
     return combine_chunks(flat(A), flat(B), n_ctx_chunks, bA, bB, lora_alpha=hyper_cfg.alpha,
@@ -72,11 +83,13 @@ def _program(hyper_params, base_params, ctx_ids, ctx_attn_mask, n_ctx_chunks, ch
 
 def adapter_from_chunks(hyper_params, base_params, ctx_ids, ctx_attn_mask, n_ctx_chunks, chunk_scalers=None,
                         bias_scaler=None, *, hyper_cfg: D2LHypernetConfig, base_cfg: ModelConfig,
-                        layer_idx: Optional[int] = None, max_chunks: int, chunk_group: int = 1, dtype=jnp.float32
-                        ) -> Adapter:
+                        layer_idx: Optional[int] = None, max_chunks: int, chunk_group: int = 1, dtype=jnp.float32,
+                        remat_chunks: bool = False) -> Adapter:
     """Traceable core of ``internalize`` (use inside ``jit`` / ``grad``; no host-side checks).
 
     ctx_ids, ctx_attn_mask: [K, T]; n_ctx_chunks: [n_docs] (may be traced); max_chunks: static rank budget.
+    remat_chunks: under ``grad``, recompute each chunk group's hypernetwork in the backward pass from its saved
+    encoder features (same values and gradients; less memory, one more hypernetwork forward).
     chunk_scalers: [K] or None; bias_scaler: scalar or None. K is padded internally to a multiple of chunk_group
     (filler rows hold one token and are never selected).
     """
@@ -91,10 +104,10 @@ def adapter_from_chunks(hyper_params, base_params, ctx_ids, ctx_attn_mask, n_ctx
             chunk_scalers = jnp.concatenate([jnp.asarray(chunk_scalers), jnp.ones((pad,), jnp.float32)])
     return _program(hyper_params, base_params, ctx_ids, ctx_attn_mask, n_ctx_chunks, chunk_scalers, bias_scaler,
                     hyper_cfg=hyper_cfg, base_cfg=base_cfg, layer_idx=layer_idx, max_chunks=int(max_chunks),
-                    chunk_group=g, dtype=dtype)
+                    chunk_group=g, dtype=dtype, remat_chunks=bool(remat_chunks))
 
 
-_STATIC = ("hyper_cfg", "base_cfg", "layer_idx", "max_chunks", "chunk_group", "dtype")
+_STATIC = ("hyper_cfg", "base_cfg", "layer_idx", "max_chunks", "chunk_group", "dtype", "remat_chunks")
 _program_jit = jax.jit(_program, static_argnames=_STATIC)
 
 

@@ -138,7 +138,8 @@ class D2LMethod:
         return adapter_from_chunks(hyper_params, base_params, ctx_ids.reshape(b * k, t), ctx_mask.reshape(b * k, t),
                                    jnp.full((b,), k, jnp.int32), scalers, None, hyper_cfg=self.hyper_cfg,
                                    base_cfg=self.base_cfg, layer_idx=self.layer_idx, max_chunks=k,
-                                   chunk_group=self.config.model.get("chunk_group", 1), dtype=self.dtype)
+                                   chunk_group=self.config.model.get("chunk_group", 1), dtype=self.dtype,
+                                   remat_chunks=self.config.model.get("remat_chunks", False))
 
     def loss(self, hyper_params, base_params, batch, rng):
         adapter = self.adapter(hyper_params, base_params, batch["ctx_ids"], batch["ctx_mask"], batch["n_chunks"])
