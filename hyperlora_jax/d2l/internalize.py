@@ -25,8 +25,8 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from hyperlora_jax.config import ModelConfig
 from hyperlora_jax.d2l.context import ContextBatch
