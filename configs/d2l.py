@@ -20,7 +20,7 @@ init_from (the stage-1 workdir); paths are placeholders to override on the comma
 
 Memory (model.*): chunk_group   chunks per context-encoder + hypernetwork call (1 = one at a time, lax.map);
   remat_chunks    recompute each chunk group's hypernetwork in the backward pass from its saved encoder features
-                  (same gradients; gemma2_2b KD step, 4 one-chunk documents: XLA temporaries 41.2 -> 24.3 GiB for
+                  (same gradients; gemma2_2b KD step, 4 one-chunk documents: XLA temporaries 35.6 -> 24.6 GiB for
                   ~11% more FLOPs; worth it for many or long chunks per step)
 
 Data keys (data.*):

@@ -62,7 +62,9 @@ FEATURES = "d2l_ctx_features"  # the checkpoint name under which remat_chunks sa
 def _chunk_loras(hyper_params, hyper_cfg, base_params, base_cfg, ids, mask, layer_idx, dtype):
     feats = encode(base_params, base_cfg, ids, mask, encoder_type=hyper_cfg.ctx_encoder_type, layer_idx=layer_idx,
                    dtype=dtype)
-    feats = checkpoint_name(feats, FEATURES)
+    # the aggregator computes in the compute dtype (the reference's bf16 autocast); the head's LayerNorms return to
+    # float32. Lossless: the encoder produced these features in that dtype.
+    feats = checkpoint_name(feats.astype(dtype), FEATURES)
     return D2LHypernet(hyper_cfg).apply({"params": hyper_params}, feats, mask)
 
 

@@ -145,9 +145,9 @@ _matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 class _Linear(nn.Module):
-    """Bias-free ``nn.Dense`` on 2-D input (same ``kernel`` [d_in, features], init, dtype promotion); on CPU with
-    ``_matmul``'s faster weight gradient (accelerators keep autodiff's form: no extra transposed copy of x).
-    x [N, d_in] → [N, features]."""
+    """Bias-free ``nn.Dense`` on 2-D input (same ``kernel`` [d_in, features] and init), computed in x's dtype
+    (float32 master weights cast to it: the perceiver runs in the compute dtype); on CPU with ``_matmul``'s faster
+    weight gradient (accelerators keep autodiff's form: no extra transposed copy of x). x [N, d_in] → [N, features]."""
 
     features: int
     precision: Optional[str] = None
@@ -155,7 +155,7 @@ class _Linear(nn.Module):
     @nn.compact
     def __call__(self, x):
         w = self.param("kernel", torch_linear_init, (x.shape[-1], self.features), jnp.float32)
-        x, w = nn.dtypes.promote_dtype(x, w, dtype=None)
+        w = w.astype(x.dtype)
         if jax.default_backend() == "cpu":
             return _matmul(x, w, self.precision)
         return jnp.matmul(x, w, precision=self.precision)
@@ -226,8 +226,8 @@ class PerceiverAttention(nn.Module):
     @nn.compact
     def __call__(self, latents, context, mask=None):
         c = self.config
-        dense = lambda n, name: nn.Dense(n, use_bias=False, kernel_init=torch_linear_init,
-                                         precision=c.precision, name=name)
+        dense = lambda n, name: nn.Dense(n, use_bias=False, kernel_init=torch_linear_init, dtype=latents.dtype,
+                                         precision=c.precision, name=name)  # computed in the latents' dtype
         b, nq, _ = latents.shape
         t = context.shape[1]
         q = dense(c.n_heads * c.head_dim, "q_proj")(latents).reshape(b, nq, c.n_heads, c.head_dim)
@@ -282,6 +282,9 @@ class PerceiverResampler(nn.Module):
 
 class Perceiver(nn.Module):
     """The D2L aggregator perceiver: modality projection → encoder resampler → decoder resampler.
+
+    Computes in the context's dtype (parameters are float32 and cast; norm statistics, attention logits and
+    softmax in float32): bfloat16 features give the reference's bf16 autocast of the aggregator.
 
     __call__(context [..., T, H_ctx], mask [..., T] (broadcastable) or None) → [..., n_output_queries, d].
     All leading dimensions are folded into one batch; each row (e.g. each (chunk, layer)) is independent.
