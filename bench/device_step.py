@@ -9,8 +9,9 @@ gemma-2-shaped model and hypernetworks so the script runs on a CPU in about a mi
 for devices whose peak is unknown). ``--compile-only`` compiles each step with abstract base weights and prints
 XLA's buffer assignment instead of timing it (argument / output / temporary GiB per step; runs on a CPU in about
 a minute per step at full size, where XLA:CPU's numbers include the float32 copies of bf16 weights it makes for its
-dots — compare variants on one backend, not across). Each step is the trainer's own (``train.make_train_step`` around the method's
-``loss``, optax AdamW, global-norm clip, jitted with the state donated), built without the methods' data start-up.
+dots — compare variants on one backend, not across). Each step is the trainer's own (``train.make_train_step``
+around the method's ``loss``, optax AdamW, global-norm clip, jitted with the state donated), built without the
+methods' data start-up.
 
 * **D2L** (``configs/d2l.py:gemma2_2b``: per_layer_activations, down_proj r = 8, Perceiver latent 512 x 8 latents x 9
   blocks, context distillation with the teacher's top-16, L1 0.1, NEFTune 5, bf16 compute): per document one
@@ -224,10 +225,10 @@ def t2l_setup(bc, base, a):
 
 
 def memory_gib(compiled) -> dict:
-    """XLA's buffer assignment of a compiled step: argument / output / temporary bytes (GiB), or {}."""
+    """XLA's buffer assignment of a compiled step: {argument,output,temp}_GiB, or {}."""
     try:
         m = compiled.memory_analysis()
-        return {k: getattr(m, f"{k}_size_in_bytes") / 2 ** 30 for k in ("argument", "output", "temp")}
+        return {f"{k}_GiB": getattr(m, f"{k}_size_in_bytes") / 2 ** 30 for k in ("argument", "output", "temp")}
     except Exception:  # noqa: BLE001 — not every backend reports it
         return {}
 
@@ -241,9 +242,9 @@ def bench_one(name, method, tx, state, frozen, batch, flops, tokens, desc, steps
     xla_step = compiled_flops(compiled)
     mem = memory_gib(compiled)
     if compile_only:
-        row = {"step": name, "desc": desc, "compile_s": compile_s, **{f"{k}_GiB": v for k, v in mem.items()},
+        row = {"step": name, "desc": desc, "compile_s": compile_s, **mem,
                "xla_GFLOP_per_step": None if xla_step is None else xla_step / 1e9}
-        print(f"  {name}: compile {compile_s:.1f} s, XLA temp {mem.get('temp', float('nan')):.2f} GiB", flush=True)
+        print(f"  {name}: compile {compile_s:.1f} s, XLA temp {mem.get('temp_GiB', float('nan')):.2f} GiB", flush=True)
         return row
     state, m = compiled(state, frozen, batch)  # warm-up
     loss0 = float(m["loss"])
@@ -261,7 +262,7 @@ def bench_one(name, method, tx, state, frozen, batch, flops, tokens, desc, steps
            "all_tokens_per_s": tokens["all"] / dt, "model_GFLOP_per_step": model_flops / 1e9,
            "xla_GFLOP_per_step": None if xla_step is None else xla_step / 1e9,
            "achieved_TFLOP_s": model_flops / dt / 1e12, "peak_TFLOP_s": None if peak is None else peak / 1e12,
-           "mfu": None if peak is None else model_flops / dt / peak, **{f"{k}_GiB": v for k, v in mem.items()},
+           "mfu": None if peak is None else model_flops / dt / peak, **mem,
            "flops_breakdown_GFLOP": {k: (None if v is None else v / 1e9) for k, v in flops.items()}}
     print(f"  {name}: {1e3 * dt:,.1f} ms/step, compile {compile_s:.1f} s, loss {loss0:.4f} -> {row['loss_last']:.4f}",
           flush=True)

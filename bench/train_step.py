@@ -26,8 +26,8 @@ The step (CE objective, the reference's NIAH loss, plus the L1 regulariser on th
   ``scaled_dot_product_attention``) + per-layer ResMLP / L2-norm / head module with the same shapes and our
   hypernetwork weights copied in; per-example LoRA applied by forward hooks on every layer's ``mlp.down_proj``
   (y += α · (x Aᵀ) B with A, B [B, R, d] of that layer); the logits of every position, as the reference (and
-  transformers' default) computes them, with the CE over the response tokens; ``torch.optim.AdamW`` with two param groups (decay / no
-  decay) and ``clip_grad_norm_``. Float32, eager (``torch.compile`` is not used: the reference trains eager, and an
+  transformers' default) computes them, with the CE over the response tokens; ``torch.optim.AdamW`` with two param
+  groups (decay / no decay) and ``clip_grad_norm_``. Float32, eager (``torch.compile`` is not used: the reference trains eager, and an
   inductor compile would have to be timed and amortised like XLA's).
 
 Both sides get identical inputs and weights. The first-step losses are compared (``loss_abs_diff``; float32, both
@@ -117,12 +117,13 @@ def make_batch(p, vocab, seed=0):
     tokens = rng.integers(10, vocab, size=(b, tq)).astype(np.int32)
     loss_mask = np.zeros((b, tq), np.float32)
     loss_mask[:, tq - resp - 1:tq - 1] = 1.0  # position t predicts token t+1: the last `resp` tokens
-    # what the trainer's data sources add (methods/d2l_data.response_index): loss_mask's positions, where alone
-    # the JAX step computes logits; the PyTorch side reads loss_mask
-    idx = np.tile(np.arange(tq - resp - 1, tq - 1, dtype=np.int32), (b, 1))
+    # what the trainer's data sources add: loss_mask's positions, where alone the JAX step computes logits (the
+    # PyTorch side reads loss_mask)
+    from hyperlora_jax.methods.d2l_data import response_index
+    idx, valid = (np.stack(x) for x in zip(*(response_index(m, resp) for m in loss_mask)))
     return {"ctx_ids": ctx_ids, "ctx_mask": ctx_mask, "n_chunks": np.full((b,), k, np.int32), "tokens": tokens,
             "segment_ids": np.ones((b, tq), np.int32), "loss_mask": loss_mask, "student_idx": idx,
-            "resp_valid": np.ones((b, resp), np.int32)}
+            "resp_valid": valid}
 
 
 # ===== JAX side: the project's trainer step ======================================================================

@@ -284,8 +284,8 @@ class TFDSExamples:
               "loss_mask": loss_mask, "segment_ids": seg, "student_idx": resp[0], "resp_valid": resp[1]}
         if not self.kd:
             return ex
-        s_pos = np.nonzero(qa.target)[0]
-        s_pos = s_pos[s_pos >= 1]
+        r = int(resp[1].sum())
+        s_pos = resp[0][:r] + 1  # the response tokens' student positions (loss_mask's positions + 1)
         t = self._teacher(one, qa)
         if t is None:
             return "kd_bad_teacher"
@@ -296,7 +296,6 @@ class TFDSExamples:
         t_pos = t_pos[t_pos >= 1]
         if len(t_pos) != len(s_pos) or not np.array_equal(tids[t_pos], qa.ids[s_pos]):
             return "kd_response_mismatch"
-        r = len(s_pos)
         teacher = np.zeros(self.teacher_len, np.int32)
         teacher[:len(tids)] = tids
         t_idx = np.zeros(self.max_resp, np.int32)
