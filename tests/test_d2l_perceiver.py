@@ -74,7 +74,7 @@ def test_extra_padding_and_garbage_at_padded_positions(d2l_golden):
     feats_p = np.where(sel, garbage, feats_p)
     out = hypernet_intermediates(params, config, jnp.asarray(feats_p), jnp.asarray(mask_p))
     for name in ("encoder_latents", "decoder_out", "aggregator_out", "A/down_proj", "B/down_proj"):
-        np.testing.assert_allclose(np.asarray(out[name]), inter[name], rtol=0, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(np.asarray(out[name]), inter[name], rtol=0, atol=ATOL, err_msg=name)
 
 
 def test_single_chunk_alone_equals_batched(d2l_golden):
