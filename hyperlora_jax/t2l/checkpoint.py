@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
@@ -33,6 +31,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from hyperlora_jax import safetensors_io, torch_pickle
 from hyperlora_jax.io.safe_yaml import load_yaml  # noqa: F401 (also imported from here by d2l.checkpoint)
+from hyperlora_jax.peft_io import atomic_write_dir
 from hyperlora_jax.t2l.hypernet import T2LConfig, param_shapes
 
 FORMAT = "hyperlora_jax.t2l"
@@ -281,31 +280,17 @@ def save(dst: str, params, cfg: T2LConfig, meta: Mapping[str, Any] | None = None
     for k in ("lora_alpha", "r", "target_modules"):
         meta.pop(k, None)
     config.update(meta)
-    parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dst)}.tmp-")
-    old = None
-    try:
+
+    def write(tmp):
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, sort_keys=False)
             f.write("\n")
         safetensors_io.save_file(flat, os.path.join(tmp, PARAMS_FILE), metadata={"format": FORMAT})
-        if os.path.isdir(dst):
-            if _dir_nonempty(dst) and not overwrite:  # appeared meanwhile
-                raise ValueError(f"{dst} exists and is not empty (use overwrite)")
-            old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dst)}.old-")
-            os.rmdir(old)
-            os.rename(dst, old)
-        os.rename(tmp, dst)
-        tmp = None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            if os.path.exists(dst):
-                shutil.rmtree(old, ignore_errors=True)
-            else:  # failed after moving the old directory away: put it back
-                os.rename(old, dst)
+
+    try:
+        atomic_write_dir(dst, write, overwrite)
+    except FileExistsError as e:
+        raise ValueError(str(e)) from None
 
 
 def _check_flat(flat: Mapping[str, np.ndarray], shapes: Mapping[str, tuple], what: str):
