@@ -167,7 +167,8 @@ def test_overlapping_views_charged_against_the_budget(tmp_path):
     (_tensor(numel=-1), "storage 0 has 16 bytes, expected -1 x 4"),
     (_tensor(size=(1,) * 65, stride=(1,) * 65), "is not a tuple of at most 64 ints"),
     (_tensor(key="../x"), "storage '../x' missing from the archive"),
-])
+], ids=["neg-stride", "neg-size", "offset-past-end", "neg-offset", "strides-past-end", "ndim-mismatch",
+        "storage-short", "storage-huge", "storage-negative", "ndim-65", "key-traversal"])
 def test_bad_tensor_geometry(tmp_path, tensor, fragment):
     path = _write_pt(tmp_path / "bad.pt", _dict_pickle(w=tensor), {"0": F32_4})
     with pytest.raises(tp.TorchCheckpointError) as e:
@@ -271,7 +272,7 @@ def _build(target: bytes, slotstate: bytes) -> bytes:
     (_build(_glob("torch.Tensor"), b"}" + _str("name") + _str("x") + b"s"), "tries to set 'name'"),
     (_build(_glob("collections.OrderedDict"), b"}" + _str("fromkeys") + b"Ns"), "corrupt checkpoint pickle"),
     (_build(_tensor(), b"}" + _str("shape") + _tup(_int(1)) + b"s"), "corrupt checkpoint pickle"),
-])
+], ids=["storage-type-dtype", "rebuild-defaults", "tensor-type", "ordereddict-class", "ndarray"])
 def test_a_file_cannot_poison_the_next_load(tmp_path, attack, fragment):
     """A crafted file sets attributes on the stand-ins a pickle can name; the next, good file must load as if the
     crafted one had never been read (stand-ins are per call and refuse assignment)."""
@@ -320,7 +321,7 @@ def test_yaml_billion_laughs(tmp_path):
     ("x: !!python/name:os.system\n", "cannot read YAML safely"),
     ("x: !!python/object/apply:os.system [echo, 2]\n", "with 2 arguments is not supported"),
     ("a: [1\n", "cannot read YAML safely"),
-])
+], ids=["recursive", "deep", "object-new", "name", "apply-2-args", "syntax"])
 def test_yaml_refusals(tmp_path, text, fragment):
     p = tmp_path / "args.yaml"
     p.write_text(text)
