@@ -31,7 +31,10 @@ The file is untrusted, so every size is checked before memory is committed to it
 * zip entries: only stored or deflated; a deflated entry's declared (uncompressed) size is checked against the
   per-load inflation limit before decompressing, it is inflated in bounded chunks and must not produce more than it
   declares; every entry read is CRC-32 checked (stored storages too, in chunks over the memory map);
-* ``data.pkl`` at most 64 MiB;
+* ``data.pkl`` at most 16 MiB, and its opcodes pre-scanned before unpickling: every length must lie inside the
+  pickle, memo indices must come in sequence (the unpickler sizes its memo by the largest index), and objects may
+  nest at most 200 levels (CPython hashes nested tuples recursively without a guard: a 1 MB pickle of a million
+  nested tuples used as a dict key crashes the interpreter);
 * tensors: size/stride/offset are ints of at most 64 dims, non-negative, and the last element addressed lies inside
   the storage; the bytes materialised (a tensor with zero or overlapping strides can be larger than its storage) are
   charged to a per-load budget of twice the archive's storage bytes plus 64 MiB, before allocating;
@@ -46,6 +49,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 import reprlib
 import struct
 import zipfile
@@ -104,16 +108,17 @@ _STORAGE_DTYPES = {
 _SET_NAMES = {"builtins.set": set, "__builtin__.set": set, "builtins.frozenset": frozenset,
               "__builtin__.frozenset": frozenset}
 
-_MAX_PICKLE_BYTES = 64 << 20      # data.pkl (a large state dict pickles to a few MB)
+_MAX_PICKLE_BYTES = 16 << 20      # data.pkl (a 2,000-tensor state dict pickles to 200 KB)
 _MAX_INFLATE_BYTES = 2 << 30      # declared uncompressed bytes of deflated entries, per load
 _EXPAND_SLACK = 64 << 20          # tensor bytes a load may materialise beyond twice its storage bytes
 _MAX_DEPTH = 100                  # nesting of the unpickled object
+_MAX_OP_DEPTH = 200               # nesting bound found by the opcode pre-scan (counts each REDUCE's argument tuple)
 _MAX_NODES = 1_000_000            # objects, shared references counted at every use
 _MAX_NDIM = 64
 _CHUNK = 1 << 20
 
 _short = reprlib.Repr()
-_short.maxlevel, _short.maxstring, _short.maxother = 3, 60, 60
+_short.maxlevel, _short.maxstring, _short.maxother = 3, 200, 80
 
 
 class _Frozen:
@@ -519,6 +524,86 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._archive.storage(key, stype.dtype, numel)
 
 
+_MUTATORS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
+_FRESH = frozenset({"EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"})
+_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _prescan(data: bytes, path: str):
+    """Walks the pickle's opcodes (nothing is built) with a shadow stack of nesting depths. Refuses a pickle that
+    could nest objects more than ``_MAX_OP_DEPTH`` deep, a length that runs past the end of the pickle (the unpickler
+    allocates a declared length before reading it) and a memo index out of sequence (the unpickler sizes its memo
+    table by the largest index: one 6-byte opcode could make it allocate gigabytes).
+
+    The depth bound is conservative: an opcode that consumes stack items yields an object one level deeper than the
+    deepest of them, and a mutation (APPEND, SETITEM, BUILD, ...) deepens its container in place (a container's depth
+    cell is shared through DUP and the memo). Leaves share one cell; memory is one pointer per stack/memo entry."""
+    leaf = [0]
+    stack: list[list[int]] = []
+    marks: list[int] = []
+    memo: list[list[int]] = []
+
+    def corrupt(why):
+        return TorchCheckpointError(f"{path}: corrupt checkpoint pickle ({why})")
+
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            name = op.name
+            if name in ("PROTO", "FRAME", "STOP"):
+                continue
+            if name == "MARK":
+                marks.append(len(stack))
+            elif name in _PUTS or name == "MEMOIZE":
+                idx = len(memo) if name == "MEMOIZE" else arg
+                if not stack or not isinstance(idx, int) or not 0 <= idx <= len(memo):
+                    raise corrupt(f"memo index {_short.repr(idx)} out of sequence at byte {pos}")
+                if idx == len(memo):
+                    memo.append(stack[-1])
+                else:
+                    memo[idx] = stack[-1]
+            elif name in _GETS:
+                if not isinstance(arg, int) or not 0 <= arg < len(memo):
+                    raise corrupt(f"memo index {_short.repr(arg)} never set, at byte {pos}")
+                stack.append(memo[arg])
+            elif name == "DUP":
+                stack.append(stack[-1])
+            elif name == "POP":
+                if marks and marks[-1] == len(stack):
+                    marks.pop()
+                else:
+                    stack.pop()
+            elif name == "POP_MARK":
+                del stack[marks.pop():]
+            else:
+                before = op.stack_before
+                if pickletools.markobject in before:
+                    k = before.index(pickletools.markobject)
+                    start = marks.pop() - k
+                else:
+                    start = len(stack) - len(before)
+                if start < 0 or (marks and start < marks[-1]):
+                    raise corrupt(f"stack underflow at byte {pos} ({name})")
+                popped = stack[start:]
+                del stack[start:]
+                if name in _MUTATORS:
+                    cell = popped[0] if popped[0] is not leaf else [0]
+                    cell[0] = max(cell[0], 1 + max((c[0] for c in popped[1:]), default=-1))
+                    pushed = [cell]
+                elif popped:
+                    pushed = [[1 + max(c[0] for c in popped)] for _ in op.stack_after]
+                else:
+                    pushed = [[0] if name in _FRESH else leaf for _ in op.stack_after]
+                if pushed and pushed[0][0] > _MAX_OP_DEPTH:
+                    raise TorchCheckpointError(f"{path}: checkpoint pickle nests objects more than {_MAX_OP_DEPTH} "
+                                               f"levels deep")
+                stack.extend(pushed)
+    except TorchCheckpointError:
+        raise
+    except (ValueError, IndexError) as e:
+        raise corrupt(f"{type(e).__name__}: {_short.repr(str(e))}") from None
+
+
 def _children(x):
     """The objects ``x`` refers to (None for a leaf)."""
     if isinstance(x, Record):
@@ -587,7 +672,9 @@ def load(path: str | os.PathLike, *, records: Iterable[str] = (), enums: Iterabl
     archive = _Archive(path, max_inflate_bytes)
     state = _Load(archive, records, enums)
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(archive.read_pickle()), state).load()
+        data = bytes(archive.read_pickle())
+        _prescan(data, path)
+        obj = _RestrictedUnpickler(io.BytesIO(data), state).load()
         _check_structure(obj, path)
         return obj
     except (UnsafeCheckpointError, TorchCheckpointError):

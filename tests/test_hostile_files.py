@@ -215,24 +215,44 @@ def test_crc_mismatch(tmp_path, compress):
 def test_oversized_data_pkl_refused(tmp_path):
     path = _good_pt(tmp_path / "big_pkl.pt")
     _patch_central_size(path, "archive/data.pkl", "file_size", 100 << 20)
-    with pytest.raises(tp.TorchCheckpointError, match=f"declares {100 << 20} bytes, more than the {64 << 20} "
+    with pytest.raises(tp.TorchCheckpointError, match=f"declares {100 << 20} bytes, more than the {16 << 20} "
                                                       f"allowed for it"):
         tp.load(path)
 
 
 def test_pickle_length_bomb(tmp_path):
-    """BINBYTES8 declaring 2^50 bytes: the unpickler would allocate that first; one clean error instead."""
+    """BINBYTES8 declaring 2^50 bytes: the unpickler would allocate that before reading; the pre-scan refuses it."""
     pkl = b"\x80\x04\x8e" + struct.pack("<Q", 1 << 50) + b"xx."
     path = _write_pt(tmp_path / "len.pt", pkl)
-    _assert_refused_fast(path, "out of memory while unpickling")
+    _assert_refused_fast(path, f"corrupt checkpoint pickle (ValueError: 'expected {1 << 50} bytes in a bytes8, but "
+                               f"only 3 remain')")
+
+
+def test_pickle_memo_index_bomb(tmp_path):
+    """LONG_BINPUT 2^28: the unpickler would size (and zero) a 4 GiB memo table for one 5-byte opcode."""
+    pkl = b"\x80\x02N" + b"r" + struct.pack("<I", 1 << 28) + b"."
+    path = _write_pt(tmp_path / "memo.pt", pkl)
+    _assert_refused_fast(path, f"corrupt checkpoint pickle (memo index {1 << 28} out of sequence at byte 3)")
 
 
 # ------------------------------------------------------------------------------------------------ torch: structure
-def test_deep_nesting_is_one_error(tmp_path):
-    n = 100_000
+@pytest.mark.parametrize("n", [150, 100_000])
+def test_deep_nesting_is_one_error(tmp_path, n):
+    """Nested lists: the post-load check (150) or the opcode pre-scan (100,000) refuses them, never RecursionError."""
     path = _write_pt(tmp_path / "deep.pt", b"\x80\x02" + b"]" * n + b"a" * (n - 1) + b".")
-    with pytest.raises(tp.TorchCheckpointError, match="checkpoint pickle nests deeper than 100 levels"):
+    fragment = ("checkpoint pickle nests deeper than 100 levels" if n < 200 else
+                "checkpoint pickle nests objects more than 200 levels deep")
+    with pytest.raises(tp.TorchCheckpointError) as e:
         tp.load(path)
+    assert str(e.value) == f"{path}: {fragment}"
+
+
+def test_nested_tuple_key_would_crash_the_interpreter(tmp_path):
+    """A million nested tuples as a dict key: CPython hashes them recursively without a guard (segfault). Run in a
+    subprocess so that a regression fails this test instead of killing the test run."""
+    pkl = b"\x80\x02}K\x01" + b"\x85" * 1_000_000 + b"K\x02s."
+    path = _write_pt(tmp_path / "tuples.pt", pkl)
+    _assert_refused_fast(path, "checkpoint pickle nests objects more than 200 levels deep")
 
 
 def test_reference_cycle_is_one_error(tmp_path):
@@ -438,7 +458,7 @@ def test_cli_hostile_inputs(tmp_path):
     _patch_central_size(str(run / "hypermod.pt"), "archive/data/0", "file_size", 3 << 30)
     cases.append((run, "(zip bomb?)"))
     run = _run_copy(tmp_path, "deep")
-    _write_pt(run / "hypermod.pt", b"\x80\x02" + b"]" * 5000 + b"a" * 4999 + b".")
+    _write_pt(run / "hypermod.pt", b"\x80\x02" + b"]" * 150 + b"a" * 149 + b".")
     cases.append((run, "checkpoint pickle nests deeper than 100 levels"))
     out = tmp_path / "out"
     out.mkdir()
