@@ -96,7 +96,7 @@ def read_header(path: str) -> tuple[dict, int]:
             header = json.loads(f.read(n), object_pairs_hook=_no_duplicates)
         except SafetensorsError as e:
             raise SafetensorsError(f"{path}: corrupt safetensors header ({e})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit int
             raise SafetensorsError(f"{path}: corrupt safetensors header ({type(e).__name__}: "
                                    f"{str(e)[:200]})") from None
     if not isinstance(header, dict):

@@ -341,7 +341,9 @@ def test_yaml_billion_laughs(tmp_path):
     ("x: !!python/name:os.system\n", "cannot read YAML safely"),
     ("x: !!python/object/apply:os.system [echo, 2]\n", "with 2 arguments is not supported"),
     ("a: [1\n", "cannot read YAML safely"),
-], ids=["recursive", "deep", "object-new", "name", "apply-2-args", "syntax"])
+    ("a: " + "9" * 5000 + "\n", "cannot read YAML safely: Exceeds the limit (4300 digits)"),
+    ("a: 2020-13-45\n", "cannot read YAML safely: month must be in 1..12"),
+], ids=["recursive", "deep", "object-new", "name", "apply-2-args", "syntax", "long-int", "bad-date"])
 def test_yaml_refusals(tmp_path, text, fragment):
     p = tmp_path / "args.yaml"
     p.write_text(text)
@@ -402,6 +404,8 @@ _W = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
     (b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "w": {}}', "duplicate key 'w'"),
     (b"[" * 100_000 + b"]" * 100_000, "corrupt safetensors header (RecursionError"),
     (b"\xff\xfe", "corrupt safetensors header"),
+    (b'{"w": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 8]}}',
+     "corrupt safetensors header (ValueError: Exceeds the limit (4300 digits)"),
 ])
 def test_safetensors_header_refusals(tmp_path, header, fragment):
     path = _st(tmp_path / "x.safetensors", header, bytes(8))

@@ -113,5 +113,9 @@ def load_yaml(path: str) -> Any:
         raise YamlError(f"{path}: cannot read YAML safely: {' '.join(str(e).split())}") from None
     except RecursionError:
         raise YamlError(f"{path}: YAML nested too deeply") from None
+    except YamlError:
+        raise
+    except ValueError as e:  # a scalar Python refuses: an over-long integer, a date like 2020-13-45
+        raise YamlError(f"{path}: cannot read YAML safely: {' '.join(str(e).split())}") from None
     finally:
         loader.dispose()
