@@ -6,7 +6,7 @@ files. The pickle refers to storages through persistent ids ``('storage', <Stora
 and rebuilds tensors with ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)``.
 
 ``load(path)`` unpickles ``data.pkl`` with a restricted ``pickle.Unpickler`` whose ``find_class`` never imports
-anything: it only answers from a fixed table of harmless stand-ins
+anything: it only answers from a table of harmless stand-ins, built afresh for each call
 
 * tensor rebuilding (``torch._utils._rebuild_tensor_v2``, ``_rebuild_tensor``, ``_rebuild_parameter``,
   ``_rebuild_parameter_with_state``, ``torch._tensor._rebuild_from_type_v2`` with ``torch.Tensor`` /
@@ -419,11 +419,12 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _as_dims(x, what: str) -> tuple[int, ...]:
+def _as_dims(x, what: str, path: str) -> tuple[int, ...]:
     if not isinstance(x, (tuple, list)) or len(x) > _MAX_NDIM or not all(_is_int(v) for v in x):
-        raise TorchCheckpointError(f"tensor {what} is not a tuple of at most {_MAX_NDIM} ints: {_short.repr(x)}")
+        raise TorchCheckpointError(f"{path}: tensor {what} is not a tuple of at most {_MAX_NDIM} ints: "
+                                   f"{_short.repr(x)}")
     if any(v < 0 or v >= 1 << 62 for v in x):
-        raise TorchCheckpointError(f"tensor {what} {_short.repr(x)} has a negative or absurd entry")
+        raise TorchCheckpointError(f"{path}: tensor {what} {_short.repr(x)} has a negative or absurd entry")
     return tuple(x)
 
 
@@ -457,7 +458,7 @@ class _Load:
         path = self.archive.path
         if not isinstance(storage, _Storage):
             raise TorchCheckpointError(f"{path}: tensor rebuilt from {type(storage).__name__}, not a storage")
-        size, stride = _as_dims(size, "size"), _as_dims(stride, "stride")
+        size, stride = _as_dims(size, "size", path), _as_dims(stride, "stride", path)
         if not _is_int(storage_offset) or storage_offset < 0 or len(size) != len(stride):
             raise TorchCheckpointError(f"{path}: bad tensor geometry: offset {_short.repr(storage_offset)}, "
                                        f"size {size}, stride {stride}")
@@ -677,8 +678,10 @@ def load(path: str | os.PathLike, *, records: Iterable[str] = (), enums: Iterabl
         obj = _RestrictedUnpickler(io.BytesIO(data), state).load()
         _check_structure(obj, path)
         return obj
-    except (UnsafeCheckpointError, TorchCheckpointError):
-        raise
+    except (UnsafeCheckpointError, TorchCheckpointError) as e:
+        if str(e).startswith(path):
+            raise
+        raise type(e)(f"{path}: {e}") from None  # raised by a stand-in that does not know the file
     except MemoryError:
         raise TorchCheckpointError(f"{path}: out of memory while unpickling (a declared length is larger than "
                                    f"the file)") from None

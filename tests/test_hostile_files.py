@@ -173,7 +173,7 @@ def test_bad_tensor_geometry(tmp_path, tensor, fragment):
     path = _write_pt(tmp_path / "bad.pt", _dict_pickle(w=tensor), {"0": F32_4})
     with pytest.raises(tp.TorchCheckpointError) as e:
         tp.load(path)
-    assert fragment in str(e.value) and "\n" not in str(e.value)
+    assert fragment in str(e.value) and str(e.value).startswith(path + ": ") and "\n" not in str(e.value)
 
 
 def test_zip_bomb_refused_by_declared_size(tmp_path):
@@ -299,7 +299,7 @@ def test_a_file_cannot_poison_the_next_load(tmp_path, attack, fragment):
     bad = _write_pt(tmp_path / "poison.pt", b"\x80\x02" + attack + b"N.", {"0": F32_4})
     with pytest.raises(ValueError) as e:
         tp.load(bad)
-    assert fragment in str(e.value)
+    assert fragment in str(e.value) and str(e.value).startswith(bad + ": ")
     out = tp.load(_good_pt(tmp_path / "good.pt"))
     np.testing.assert_array_equal(out["w"], np.arange(4, dtype=np.float32))
     assert out["w"].dtype == np.float32
