@@ -41,9 +41,9 @@ def prepare_out_dir(out_dir: str, overwrite: bool) -> None:
 
 
 def atomic_write_dir(out_dir: str, write, overwrite: bool = False) -> None:
-    """Calls ``write(tmp_dir)`` on a fresh sibling temp dir ``.<name>.tmp-*``, then renames it to ``out_dir``.
+    """Calls ``write(tmp_dir)`` on a fresh sibling temp dir ``.tmp-<name>-*``, then renames it to ``out_dir``.
 
-    A non-empty ``out_dir`` is refused unless ``overwrite``; then it is renamed aside (``.<name>.old-*``) and removed
+    A non-empty ``out_dir`` is refused unless ``overwrite``; then it is renamed aside (``.old-<name>-*``) and removed
     only once the new directory is in place. On any failure, including KeyboardInterrupt or a signal raised as an
     exception, the temp dir is removed and the old directory put back: ``out_dir`` is never half-written.
     """
@@ -53,11 +53,11 @@ def atomic_write_dir(out_dir: str, write, overwrite: bool = False) -> None:
     os.makedirs(parent, exist_ok=True)
     tmp, old = None, None
     try:
-        tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.tmp-")
+        tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{base}-")
         write(tmp)
         if os.path.lexists(out_dir):
             prepare_out_dir(out_dir, overwrite)  # it may have appeared meanwhile
-            old = tempfile.mkdtemp(dir=parent, prefix=f".{base}.old-")
+            old = tempfile.mkdtemp(dir=parent, prefix=f".old-{base}-")
             os.rename(out_dir, os.path.join(old, "d"))
         os.rename(tmp, out_dir)
         tmp = None

@@ -515,7 +515,7 @@ def test_signal_mid_conversion_leaves_no_temp_dir(tmp_path, sig, overwrite):
             assert p.poll() is None, p.communicate()
             assert time.time() < deadline, "conversion never reached the write"
             time.sleep(0.1)
-        assert [n for n in _leftovers(out) if n.startswith(".conv.tmp-")], _leftovers(out)
+        assert [n for n in _leftovers(out) if n.startswith(".tmp-conv-")], _leftovers(out)
         p.send_signal(sig)
         _, err = p.communicate(timeout=60)
     finally:
@@ -529,3 +529,24 @@ def test_signal_mid_conversion_leaves_no_temp_dir(tmp_path, sig, overwrite):
         assert os.listdir(dst) == ["old.txt"] and (dst / "old.txt").read_text() == "keep me"
     else:
         assert not dst.exists()
+
+
+def test_atomic_write_dir_puts_the_old_directory_back(tmp_path, monkeypatch):
+    """A failure after the old DST was moved aside (here: the final rename) restores it; nothing is left over."""
+    from hyperlora_jax import peft_io
+
+    dst = tmp_path / "d"
+    dst.mkdir()
+    (dst / "old.txt").write_text("keep me")
+    real_rename, calls = os.rename, []
+
+    def failing_rename(a, b):
+        calls.append((a, b))
+        if len(calls) == 2:    # 1: DST -> .old-d-*/d, 2: temp -> DST
+            raise OSError("disk full")
+        real_rename(a, b)
+
+    monkeypatch.setattr(peft_io.os, "rename", failing_rename)
+    with pytest.raises(OSError, match="disk full"):
+        peft_io.atomic_write_dir(str(dst), lambda tmp: open(os.path.join(tmp, "new.txt"), "w").close(), True)
+    assert len(calls) == 3 and os.listdir(dst) == ["old.txt"] and _leftovers(tmp_path) == []
