@@ -5,13 +5,19 @@
 
 Each method is one subcommand: a function ``_add_<name>(subparsers)`` that declares its arguments and sets
 ``func`` to a handler ``(args) -> str`` (a one-line summary). Adding a method = one more ``_add_*`` in ``COMMANDS``.
-An existing non-empty DST is refused unless ``--overwrite``. Any error prints one line on stderr and exits with 2.
+An existing non-empty DST is refused unless ``--overwrite``; a DST that is or contains SRC is always refused (the
+conversion never destroys its own input). DST is written into a temp directory beside it and renamed into place at
+the end; SIGTERM / SIGINT during a conversion remove the temp directory, leave DST as it was and exit with 2. Any
+error prints one line on stderr and exits with 2.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 from hyperlora_jax import cli
 
@@ -20,8 +26,17 @@ class ConvertError(ValueError):
     """A conversion that cannot proceed (reported as one line, exit code 2)."""
 
 
-def check_destination(dst: str, overwrite: bool):
-    """Refuses an existing non-empty DST (unless overwrite) and an existing non-directory DST."""
+class Interrupted(BaseException):
+    """SIGTERM / SIGINT during a conversion, raised in the main thread so that ``finally`` blocks clean up."""
+
+
+def check_destination(dst: str, overwrite: bool, src: str | None = None):
+    """Refuses a DST that is or contains ``src`` (even with overwrite), an existing non-empty DST (unless overwrite)
+    and an existing non-directory DST."""
+    if src is not None:
+        s, d = os.path.realpath(src), os.path.realpath(dst)
+        if s == d or s.startswith(d.rstrip(os.sep) + os.sep):
+            raise ConvertError(f"destination {dst} is or contains the source {src}; refusing to write there")
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise ConvertError(f"destination {dst} exists and is not a directory")
     if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
@@ -32,7 +47,7 @@ def check_destination(dst: str, overwrite: bool):
 def _run_t2l(args) -> str:
     from hyperlora_jax.t2l import checkpoint
 
-    check_destination(args.dst, args.overwrite)
+    check_destination(args.dst, args.overwrite, args.src)
     order = [m.strip() for m in args.module_order.split(",") if m.strip()] if args.module_order else None
     params, cfg, meta = checkpoint.import_run(args.src, module_order=order)
     checkpoint.save(args.dst, params, cfg, meta, overwrite=args.overwrite)
@@ -54,7 +69,7 @@ def _add_t2l(sub):
 def _run_d2l(args) -> str:
     from hyperlora_jax.d2l import checkpoint
 
-    check_destination(args.dst, args.overwrite)
+    check_destination(args.dst, args.overwrite, args.src)
     params, cfg, meta = checkpoint.import_reference(args.src, chunk_tokens=args.chunk_tokens)
     checkpoint.save(args.dst, params, cfg, meta, overwrite=args.overwrite)
     extra = f", layer_idx={meta.layer_idx}" if meta.layer_idx is not None else ""
@@ -94,8 +109,35 @@ def _main(argv) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _signals_raise_interrupted():
+    """While active (main thread only), SIGTERM and SIGINT raise :class:`Interrupted`; a second signal during the
+    cleanup that follows is ignored so that the cleanup completes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGTERM, signal.SIGINT)
+
+    def handler(signum, _frame):
+        for s in sigs:
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def main(argv=None) -> int:
-    return cli.run(_main, argv, exit=False)
+    try:
+        with _signals_raise_interrupted():
+            return cli.run(_main, argv, exit=False)
+    except Interrupted as e:
+        print(f"error: interrupted by {e}; the destination was left as it was", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -41,23 +41,33 @@ def prepare_out_dir(out_dir: str, overwrite: bool) -> None:
 
 
 def atomic_write_dir(out_dir: str, write, overwrite: bool = False) -> None:
-    """Calls ``write(tmp_dir)`` on a fresh sibling temp dir, then moves it to ``out_dir`` (replacing on overwrite)."""
+    """Calls ``write(tmp_dir)`` on a fresh sibling temp dir ``.tmp-<name>-*``, then renames it to ``out_dir``.
+
+    A non-empty ``out_dir`` is refused unless ``overwrite``; then it is renamed aside (``.old-<name>-*``) and removed
+    only once the new directory is in place. On any failure, including KeyboardInterrupt or a signal raised as an
+    exception, the temp dir is removed and the old directory put back: ``out_dir`` is never half-written.
+    """
     prepare_out_dir(out_dir, overwrite)
-    parent = os.path.dirname(os.path.abspath(out_dir))
+    out_dir = os.path.abspath(out_dir)
+    parent, base = os.path.split(out_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
+    tmp, old = None, None
     try:
+        tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{base}-")
         write(tmp)
-        if os.path.exists(out_dir):
-            old = tempfile.mkdtemp(dir=parent, prefix=".old-")
+        if os.path.lexists(out_dir):
+            prepare_out_dir(out_dir, overwrite)  # it may have appeared meanwhile
+            old = tempfile.mkdtemp(dir=parent, prefix=f".old-{base}-")
             os.rename(out_dir, os.path.join(old, "d"))
-            os.rename(tmp, out_dir)
+        os.rename(tmp, out_dir)
+        tmp = None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            if not os.path.lexists(out_dir) and os.path.lexists(os.path.join(old, "d")):
+                os.rename(os.path.join(old, "d"), out_dir)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def adapter_tensors(adapter: Adapter, row: int = 0) -> dict[str, np.ndarray]:

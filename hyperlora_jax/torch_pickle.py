@@ -6,7 +6,7 @@ files. The pickle refers to storages through persistent ids ``('storage', <Stora
 and rebuilds tensors with ``torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)``.
 
 ``load(path)`` unpickles ``data.pkl`` with a restricted ``pickle.Unpickler`` whose ``find_class`` never imports
-anything: it only answers from a fixed table of harmless stand-ins
+anything: it only answers from a table of harmless stand-ins, built afresh for each call
 
 * tensor rebuilding (``torch._utils._rebuild_tensor_v2``, ``_rebuild_tensor``, ``_rebuild_parameter``,
   ``_rebuild_parameter_with_state``, ``torch._tensor._rebuild_from_type_v2`` with ``torch.Tensor`` /
@@ -25,14 +25,35 @@ plus the caller's allow-list:
 
 Any other global raises :class:`UnsafeCheckpointError` naming it, before anything is called. The legacy (non-zip)
 torch format is refused.
+
+The file is untrusted, so every size is checked before memory is committed to it:
+
+* zip entries: only stored or deflated; a deflated entry's declared (uncompressed) size is checked against the
+  per-load inflation limit before decompressing, it is inflated in bounded chunks and must not produce more than it
+  declares; every entry read is CRC-32 checked (stored storages too, in chunks over the memory map);
+* ``data.pkl`` at most 16 MiB, and its opcodes pre-scanned before unpickling: every length must lie inside the
+  pickle, memo indices must come in sequence (the unpickler sizes its memo by the largest index), and objects may
+  nest at most 200 levels (CPython hashes nested tuples recursively without a guard: a 1 MB pickle of a million
+  nested tuples used as a dict key crashes the interpreter);
+* tensors: size/stride/offset are ints of at most 64 dims, non-negative, and the last element addressed lies inside
+  the storage; the bytes materialised (a tensor with zero or overlapping strides can be larger than its storage) are
+  charged to a per-load budget of twice the archive's storage bytes plus 64 MiB, before allocating;
+* the unpickled object: no reference cycles, nesting at most 100 levels, at most 1,000,000 objects when shared
+  references are counted at every use (a pickle can reuse memoised objects to build an exponential "DAG bomb").
+
+Every stand-in a pickle can name is built afresh for each call and refuses attribute assignment (pickle's BUILD), so a
+crafted file cannot alter how the next file is read.
 """
 from __future__ import annotations
 
 import io
 import os
 import pickle
+import pickletools
+import reprlib
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from typing import Any, Iterable
 
@@ -87,12 +108,51 @@ _STORAGE_DTYPES = {
 _SET_NAMES = {"builtins.set": set, "__builtin__.set": set, "builtins.frozenset": frozenset,
               "__builtin__.frozenset": frozenset}
 
+_MAX_PICKLE_BYTES = 16 << 20      # data.pkl (a 2,000-tensor state dict pickles to 200 KB)
+_MAX_INFLATE_BYTES = 2 << 30      # declared uncompressed bytes of deflated entries, per load
+_EXPAND_SLACK = 64 << 20          # tensor bytes a load may materialise beyond twice its storage bytes
+_MAX_DEPTH = 100                  # nesting of the unpickled object
+_MAX_OP_DEPTH = 200               # nesting bound found by the opcode pre-scan (counts each REDUCE's argument tuple)
+_MAX_NODES = 1_000_000            # objects, shared references counted at every use
+_MAX_NDIM = 64
+_CHUNK = 1 << 20
 
-class _StorageType:
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxstring, _short.maxother = 3, 200, 80
+
+
+class _Frozen:
+    """Base of the stand-ins a pickle can reach: no ``__dict__``, and attribute assignment (pickle's BUILD) refused."""
+
+    __slots__ = ()
+
+    def __init__(self, **fields):
+        for k, v in fields.items():
+            object.__setattr__(self, k, v)
+
+    def __setattr__(self, name, value):
+        raise UnsafeCheckpointError(f"the checkpoint pickle tries to set {name!r} on {self!r}")
+
+    def __delattr__(self, name):
+        raise UnsafeCheckpointError(f"the checkpoint pickle tries to delete {name!r} of {self!r}")
+
+
+class _Fn(_Frozen):
+    """An allow-listed callable under its pickled name."""
+
+    __slots__ = ("name", "fn")
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self):
+        return f"<{self.name}>"
+
+
+class _StorageType(_Frozen):
     """Stand-in for a ``torch.<X>Storage`` class: only carries the numpy dtype."""
 
-    def __init__(self, name: str, dtype: np.dtype):
-        self.name, self.dtype = name, dtype
+    __slots__ = ("name", "dtype")
 
     def __call__(self, *args, **kwargs):  # a pickle must never construct a storage directly
         raise UnsafeCheckpointError(f"torch.{self.name} called directly by the pickle (not a torch.save layout)")
@@ -101,21 +161,25 @@ class _StorageType:
         return f"<storage type torch.{self.name}>"
 
 
-class _Storage:
+class _Storage(_Frozen):
     """One loaded storage: a 1-D numpy array of ``dtype`` (possibly memory-mapped, read-only)."""
 
-    def __init__(self, data: np.ndarray, key: str):
-        self.data, self.key = data, key
+    __slots__ = ("data", "key")
+
+    def __repr__(self):
+        return f"<storage {self.key}>"
 
 
-class _TensorType:
+class _TensorType(_Frozen):
     """Stand-in for the classes ``torch.Tensor`` / ``torch.nn.parameter.Parameter`` (only usable as a marker)."""
 
-    def __init__(self, name: str):
-        self.name = name
+    __slots__ = ("name",)
 
     def __call__(self, *args, **kwargs):
         raise UnsafeCheckpointError(f"{self.name} called directly by the pickle")
+
+    def __repr__(self):
+        return f"<{self.name}>"
 
 
 class Record:
@@ -147,6 +211,9 @@ class Record:
         if not isinstance(state, dict):
             raise UnsafeCheckpointError(f"{self.qualname}: unsupported pickled state {type(state).__name__}")
         self._rec["state"].update(state)
+
+    def __setattr__(self, name, value):
+        raise UnsafeCheckpointError(f"{self.qualname} record: attribute assignment ({name!r}) is not supported")
 
     @property
     def args(self) -> tuple:
@@ -181,7 +248,7 @@ class Record:
         return conv(self.state)
 
     def __repr__(self):
-        return f"Record({self.qualname}, args={self.args!r}, state={self.state!r})"
+        return f"Record({self.qualname}, args={_short.repr(self.args)}, state={_short.repr(self.state)})"
 
 
 def _record_class(qualname: str) -> type:
@@ -196,177 +263,431 @@ def _enum_value(qualname: str):
     return make
 
 
-# --------------------------------------------------------------------------------------------------- tensors
-def _as_int_tuple(x, what: str) -> tuple[int, ...]:
-    if not isinstance(x, (tuple, list)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in x):
-        raise TorchCheckpointError(f"tensor {what} is not a tuple of ints: {x!r}")
-    return tuple(x)
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored) -> np.ndarray:
-    if not isinstance(storage, _Storage):
-        raise TorchCheckpointError(f"tensor rebuilt from {type(storage).__name__}, not a storage")
-    size, stride = _as_int_tuple(size, "size"), _as_int_tuple(stride, "stride")
-    if not isinstance(storage_offset, int) or storage_offset < 0 or len(size) != len(stride):
-        raise TorchCheckpointError(f"bad tensor geometry: offset {storage_offset!r}, size {size}, stride {stride}")
-    if any(s < 0 for s in size) or any(s < 0 for s in stride):
-        raise TorchCheckpointError(f"bad tensor geometry: size {size}, stride {stride}")
-    data = storage.data
-    if 0 in size:
-        return np.zeros(size, dtype=data.dtype)
-    last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if last >= data.shape[0]:
-        raise TorchCheckpointError(f"tensor of size {size}, stride {stride}, offset {storage_offset} reads past the "
-                                   f"end of storage {storage.key} ({data.shape[0]} elements)")
-    item = data.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(data[storage_offset:], shape=size,
-                                           strides=tuple(s * item for s in stride), writeable=False)
-    return np.array(view, copy=True, order="C")
-
-
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):
-    return _rebuild_tensor(storage, storage_offset, size, stride)
-
-
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *state):
-    if not isinstance(data, np.ndarray):
-        raise TorchCheckpointError(f"Parameter rebuilt from {type(data).__name__}, not a tensor")
-    return data
-
-
-def _rebuild_from_type_v2(func, new_type, args, state):
-    if not isinstance(new_type, _TensorType):
-        raise UnsafeCheckpointError(f"_rebuild_from_type_v2 with type {new_type!r}")
-    if func not in (_rebuild_tensor_v2, _rebuild_tensor, _rebuild_parameter):
-        raise UnsafeCheckpointError(f"_rebuild_from_type_v2 with function {func!r}")
-    return func(*args)
-
-
-_FIXED_GLOBALS: dict[str, Any] = {
-    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
-    "torch._utils._rebuild_tensor": _rebuild_tensor,
-    "torch._utils._rebuild_parameter": _rebuild_parameter,
-    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
-    "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
-    "torch._tensor.Tensor": _TensorType("torch.Tensor"),
-    "torch.Tensor": _TensorType("torch.Tensor"),
-    "torch.nn.parameter.Parameter": _TensorType("torch.nn.parameter.Parameter"),
-    "collections.OrderedDict": OrderedDict,
-}
-for _name, _dt in _STORAGE_DTYPES.items():
-    _FIXED_GLOBALS[f"torch.{_name}"] = _StorageType(_name, _dt)
-    _FIXED_GLOBALS[f"torch.storage.{_name}"] = _FIXED_GLOBALS[f"torch.{_name}"]
-
-
 # --------------------------------------------------------------------------------------------------- archive
 class _Archive:
-    """The zip container: locates ``data.pkl`` and reads storages (memory-mapped when stored uncompressed)."""
+    """The zip container: locates ``data.pkl``, reads entries with size and CRC checks (storages memory-mapped when
+    stored uncompressed, deflated ones inflated in bounded chunks)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, inflate_limit: int):
         self.path = path
+        self.size = os.path.getsize(path)
         try:
-            self.zf = zipfile.ZipFile(path)
-        except zipfile.BadZipFile:
+            with zipfile.ZipFile(path) as zf:
+                self.infos = {i.filename: i for i in zf.infolist()}
+        except (zipfile.BadZipFile, ValueError, EOFError, struct.error):
             with open(path, "rb") as f:
                 head = f.read(16)
-            if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
+            if head[:1] == b"\x80":
                 raise TorchCheckpointError(f"{path}: legacy (pre-1.6, non-zip) torch checkpoint; not supported. "
                                            f"Re-save it with a current torch.save") from None
             raise TorchCheckpointError(f"{path}: not a torch zip checkpoint") from None
-        pkls = [n for n in self.zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+        pkls = [n for n in self.infos if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pkls) != 1:
             raise TorchCheckpointError(f"{path}: expected one '<archive>/data.pkl' in the zip, found {len(pkls)}")
         self.prefix = pkls[0][: -len("data.pkl")]
-        self.names = set(self.zf.namelist())
+        self.inflate_left = inflate_limit
+        self.storage_bytes = sum(i.file_size for n, i in self.infos.items() if n.startswith(self.prefix + "data/"))
         order = b"little"
-        if self.prefix + "byteorder" in self.names:
-            order = self.zf.read(self.prefix + "byteorder").strip()
+        if self.prefix + "byteorder" in self.infos:
+            order = bytes(self.read_small(self.prefix + "byteorder", 16)).strip()
         if order not in (b"little", b"big"):
             raise TorchCheckpointError(f"{path}: unknown byteorder {order!r}")
         self.big_endian = order == b"big"
         self._cache: dict[str, _Storage] = {}
 
-    def read_pickle(self) -> bytes:
-        return self.zf.read(self.prefix + "data.pkl")
+    def _data_start(self, info: zipfile.ZipInfo) -> int:
+        """Offset of the entry's (compressed) bytes, after checking its local header and method."""
+        name = info.filename
+        if info.flag_bits & 0x1:
+            raise TorchCheckpointError(f"{self.path}: zip entry {name} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise TorchCheckpointError(f"{self.path}: zip entry {name} uses compression method "
+                                       f"{info.compress_type}; only stored and deflated entries are read")
+        with open(self.path, "rb") as f:
+            f.seek(info.header_offset)
+            hdr = f.read(30)
+        if len(hdr) != 30 or hdr[:4] != b"PK\x03\x04":
+            raise TorchCheckpointError(f"{self.path}: zip entry {name} has no local header (corrupt file)")
+        n_name, n_extra = struct.unpack("<HH", hdr[26:30])
+        start = info.header_offset + 30 + n_name + n_extra
+        if start + info.compress_size > self.size:
+            raise TorchCheckpointError(f"{self.path}: zip entry {name} runs past the end of the file (truncated)")
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+            raise TorchCheckpointError(f"{self.path}: stored zip entry {name} declares {info.file_size} bytes but "
+                                       f"holds {info.compress_size}")
+        return start
+
+    def _crc_error(self, name: str):
+        return TorchCheckpointError(f"{self.path}: zip entry {name} fails its CRC-32 check (corrupt file)")
+
+    def _inflate(self, info: zipfile.ZipInfo, start: int) -> bytearray:
+        """Inflates a deflated entry in chunks; never holds more than its declared size (+ one chunk)."""
+        name, want = info.filename, info.file_size
+        out, d, left = bytearray(), zlib.decompressobj(-zlib.MAX_WBITS), info.compress_size
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(start)
+                while not d.eof:
+                    if d.unconsumed_tail:
+                        chunk = d.unconsumed_tail
+                    elif left > 0:
+                        chunk = f.read(min(left, _CHUNK))
+                        left -= len(chunk)
+                    else:
+                        break
+                    out += d.decompress(chunk, _CHUNK)
+                    if len(out) > want:
+                        raise TorchCheckpointError(f"{self.path}: zip entry {name} inflates to more than its "
+                                                   f"declared {want} bytes (zip bomb or corrupt file)")
+                out += d.flush()
+        except zlib.error as e:
+            raise TorchCheckpointError(f"{self.path}: zip entry {name} is not valid deflate data ({e})") from None
+        if len(out) != want:
+            raise TorchCheckpointError(f"{self.path}: zip entry {name} inflates to {len(out)} bytes, its header "
+                                       f"declares {want} (corrupt file)")
+        if zlib.crc32(out) != info.CRC:
+            raise self._crc_error(name)
+        return out
+
+    def _charge_inflate(self, info: zipfile.ZipInfo):
+        if info.file_size > self.inflate_left:
+            raise TorchCheckpointError(f"{self.path}: zip entry {info.filename} declares {info.file_size} bytes "
+                                       f"uncompressed ({info.compress_size} compressed), over the {self.inflate_left} "
+                                       f"bytes this load may still inflate (zip bomb?)")
+        self.inflate_left -= info.file_size
+
+    def read_small(self, name: str, limit: int) -> bytes | bytearray:
+        """The whole entry ``name`` (at most ``limit`` bytes declared), size and CRC checked."""
+        info = self.infos[name]
+        if info.file_size > limit:
+            raise TorchCheckpointError(f"{self.path}: zip entry {name} declares {info.file_size} bytes, more than "
+                                       f"the {limit} allowed for it")
+        start = self._data_start(info)
+        if info.compress_type == zipfile.ZIP_DEFLATED:
+            self._charge_inflate(info)
+            return self._inflate(info, start)
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            data = f.read(info.file_size)
+        if zlib.crc32(data) != info.CRC:
+            raise self._crc_error(name)
+        return data
+
+    def read_pickle(self) -> bytes | bytearray:
+        return self.read_small(self.prefix + "data.pkl", _MAX_PICKLE_BYTES)
 
     def _raw(self, name: str) -> np.ndarray:
-        info = self.zf.getinfo(name)
-        if info.compress_type == zipfile.ZIP_STORED and info.file_size > 0:
-            with open(self.path, "rb") as f:
-                f.seek(info.header_offset)
-                hdr = f.read(30)
-            if len(hdr) == 30 and hdr[:4] == b"PK\x03\x04":
-                n_name, n_extra = struct.unpack("<HH", hdr[26:30])
-                start = info.header_offset + 30 + n_name + n_extra
-                if start + info.file_size <= os.path.getsize(self.path):
-                    return np.memmap(self.path, dtype=np.uint8, mode="r", offset=start, shape=(info.file_size,))
-        return np.frombuffer(self.zf.read(name), dtype=np.uint8)
+        info = self.infos[name]
+        start = self._data_start(info)
+        if info.compress_type == zipfile.ZIP_DEFLATED:
+            self._charge_inflate(info)
+            return np.frombuffer(self._inflate(info, start), dtype=np.uint8)
+        if info.file_size == 0:
+            if info.CRC != 0:
+                raise self._crc_error(name)
+            return np.zeros(0, np.uint8)
+        mm = np.memmap(self.path, dtype=np.uint8, mode="r", offset=start, shape=(info.file_size,))
+        crc = 0
+        for i in range(0, info.file_size, _CHUNK):
+            crc = zlib.crc32(mm[i:i + _CHUNK], crc)
+        if crc != info.CRC:
+            raise self._crc_error(name)
+        return mm
 
     def storage(self, key: str, dtype: np.dtype, numel: int) -> _Storage:
         cache_key = f"{key}:{dtype.str}"
         if cache_key in self._cache:
             return self._cache[cache_key]
         name = f"{self.prefix}data/{key}"
-        if "/" in key or ".." in key or name not in self.names:
+        if "/" in key or ".." in key or name not in self.infos:
             raise TorchCheckpointError(f"{self.path}: storage {key!r} missing from the archive")
-        raw = self._raw(name)
-        if raw.shape[0] < numel * dtype.itemsize:
-            raise TorchCheckpointError(f"{self.path}: storage {key} has {raw.shape[0]} bytes, expected "
+        have = self.infos[name].file_size
+        if numel < 0 or have < numel * dtype.itemsize:  # checked on the declared size, before reading
+            raise TorchCheckpointError(f"{self.path}: storage {key} has {have} bytes, expected "
                                        f"{numel} x {dtype.itemsize}")
-        raw = raw[: numel * dtype.itemsize]
+        raw = self._raw(name)[: numel * dtype.itemsize]
         if self.big_endian and dtype.itemsize > 1:
             comp = dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
             raw = np.frombuffer(raw, dtype=np.dtype(f"u{comp}")).byteswap().view(np.uint8)
-        st = _Storage(raw.view(dtype), key)
+        st = _Storage(data=raw.view(dtype), key=key)
         self._cache[cache_key] = st
         return st
 
 
+# --------------------------------------------------------------------------------------------------- one load
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _as_dims(x, what: str, path: str) -> tuple[int, ...]:
+    if not isinstance(x, (tuple, list)) or len(x) > _MAX_NDIM or not all(_is_int(v) for v in x):
+        raise TorchCheckpointError(f"{path}: tensor {what} is not a tuple of at most {_MAX_NDIM} ints: "
+                                   f"{_short.repr(x)}")
+    if any(v < 0 or v >= 1 << 62 for v in x):
+        raise TorchCheckpointError(f"{path}: tensor {what} {_short.repr(x)} has a negative or absurd entry")
+    return tuple(x)
+
+
+class _Load:
+    """The state of one :func:`load` call: its archive, its table of allowed globals (fresh stand-ins) and its
+    tensor-materialisation budget."""
+
+    def __init__(self, archive: _Archive, records: Iterable[str], enums: Iterable[str]):
+        self.archive = archive
+        self.budget = 2 * archive.storage_bytes + _EXPAND_SLACK
+        fns = {"torch._utils._rebuild_tensor_v2": self.rebuild_tensor,
+               "torch._utils._rebuild_tensor": self.rebuild_tensor,
+               "torch._utils._rebuild_parameter": self.rebuild_parameter,
+               "torch._utils._rebuild_parameter_with_state": self.rebuild_parameter,
+               "torch._tensor._rebuild_from_type_v2": self.rebuild_from_type_v2}
+        table: dict[str, Any] = {k: _Fn(name=k, fn=f) for k, f in fns.items()}
+        self.tensor_fns = tuple(table[k] for k in list(fns)[:4])
+        for qual in ("torch._tensor.Tensor", "torch.Tensor"):
+            table[qual] = _TensorType(name="torch.Tensor")
+        table["torch.nn.parameter.Parameter"] = _TensorType(name="torch.nn.parameter.Parameter")
+        table["collections.OrderedDict"] = OrderedDict
+        for name, dt in _STORAGE_DTYPES.items():
+            table[f"torch.{name}"] = table[f"torch.storage.{name}"] = _StorageType(name=name, dtype=dt)
+        for qual in records:
+            table[qual] = _SET_NAMES.get(qual) or _record_class(qual)
+        for qual in enums:
+            table[qual] = _Fn(name=qual, fn=_enum_value(qual))
+        self.table = table
+
+    def rebuild_tensor(self, storage, storage_offset, size, stride, *_ignored) -> np.ndarray:
+        path = self.archive.path
+        if not isinstance(storage, _Storage):
+            raise TorchCheckpointError(f"{path}: tensor rebuilt from {type(storage).__name__}, not a storage")
+        size, stride = _as_dims(size, "size", path), _as_dims(stride, "stride", path)
+        if not _is_int(storage_offset) or storage_offset < 0 or len(size) != len(stride):
+            raise TorchCheckpointError(f"{path}: bad tensor geometry: offset {_short.repr(storage_offset)}, "
+                                       f"size {size}, stride {stride}")
+        data = storage.data
+        numel = 1
+        for n in size:
+            numel *= n
+        nbytes = numel * data.dtype.itemsize
+        if nbytes > self.budget:  # zero / overlapping strides make a tensor larger than its storage
+            raise TorchCheckpointError(
+                f"{path}: tensor of size {size} ({nbytes} bytes) exceeds what this checkpoint may materialise "
+                f"({self.budget} bytes left of twice its {self.archive.storage_bytes} storage bytes + "
+                f"{_EXPAND_SLACK >> 20} MiB)")
+        if numel == 0:
+            return np.zeros(size, dtype=data.dtype)
+        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= data.shape[0]:
+            raise TorchCheckpointError(f"{path}: tensor of size {size}, stride {stride}, offset {storage_offset} "
+                                       f"reads past the end of storage {storage.key} ({data.shape[0]} elements)")
+        self.budget -= nbytes
+        item = data.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided(data[storage_offset:], shape=size,
+                                               strides=tuple(s * item for s in stride), writeable=False)
+        return np.array(view, copy=True, order="C")
+
+    def rebuild_parameter(self, data, requires_grad=False, backward_hooks=None, *state):
+        if not isinstance(data, np.ndarray):
+            raise TorchCheckpointError(f"{self.archive.path}: Parameter rebuilt from {type(data).__name__}, "
+                                       f"not a tensor")
+        return data
+
+    def rebuild_from_type_v2(self, func, new_type, args, state):
+        if not isinstance(new_type, _TensorType):
+            raise UnsafeCheckpointError(f"_rebuild_from_type_v2 with type {_short.repr(new_type)}")
+        if not any(func is f for f in self.tensor_fns):
+            raise UnsafeCheckpointError(f"_rebuild_from_type_v2 with function {_short.repr(func)}")
+        if not isinstance(args, tuple):
+            raise TorchCheckpointError(f"{self.archive.path}: _rebuild_from_type_v2 with arguments "
+                                       f"{_short.repr(args)}")
+        return func(*args)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, archive: _Archive, allowed: dict[str, Any]):
+    def __init__(self, file, load_state: _Load):
         super().__init__(file)
-        self._archive, self._allowed = archive, allowed
+        self._load = load_state
+        self._archive = load_state.archive
 
     def find_class(self, module, name):
         qual = f"{module}.{name}"
         try:
-            return self._allowed[qual]
+            return self._load.table[qual]
         except KeyError:
-            raise UnsafeCheckpointError(f"{self._archive.path}: checkpoint pickle references the global {qual!r}, "
-                                        f"which is not on the allow-list; refusing to load it") from None
+            raise UnsafeCheckpointError(f"{self._archive.path}: checkpoint pickle references the global "
+                                        f"{_short.repr(qual)}, which is not on the allow-list; refusing to load "
+                                        f"it") from None
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise TorchCheckpointError(f"{self._archive.path}: unsupported persistent id {pid!r}")
+            raise TorchCheckpointError(f"{self._archive.path}: unsupported persistent id {_short.repr(pid)}")
         _, stype, key, _location, numel = pid
-        if not isinstance(stype, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
-            raise TorchCheckpointError(f"{self._archive.path}: malformed storage reference {pid!r}")
+        if not isinstance(stype, _StorageType) or not isinstance(key, str) or not _is_int(numel):
+            raise TorchCheckpointError(f"{self._archive.path}: malformed storage reference {_short.repr(pid)}")
         return self._archive.storage(key, stype.dtype, numel)
 
 
-def load(path: str | os.PathLike, *, records: Iterable[str] = (), enums: Iterable[str] = ()) -> Any:
+_MUTATORS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
+_FRESH = frozenset({"EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"})
+_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _prescan(data: bytes, path: str):
+    """Walks the pickle's opcodes (nothing is built) with a shadow stack of nesting depths. Refuses a pickle that
+    could nest objects more than ``_MAX_OP_DEPTH`` deep, a length that runs past the end of the pickle (the unpickler
+    allocates a declared length before reading it) and a memo index out of sequence (the unpickler sizes its memo
+    table by the largest index: one 6-byte opcode could make it allocate gigabytes).
+
+    The depth bound is conservative: an opcode that consumes stack items yields an object one level deeper than the
+    deepest of them, and a mutation (APPEND, SETITEM, BUILD, ...) deepens its container in place (a container's depth
+    cell is shared through DUP and the memo). Leaves share one cell; memory is one pointer per stack/memo entry."""
+    leaf = [0]
+    stack: list[list[int]] = []
+    marks: list[int] = []
+    memo: list[list[int]] = []
+
+    def corrupt(why):
+        return TorchCheckpointError(f"{path}: corrupt checkpoint pickle ({why})")
+
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            name = op.name
+            if name in ("PROTO", "FRAME", "STOP"):
+                continue
+            if name == "MARK":
+                marks.append(len(stack))
+            elif name in _PUTS or name == "MEMOIZE":
+                idx = len(memo) if name == "MEMOIZE" else arg
+                if not stack or not isinstance(idx, int) or not 0 <= idx <= len(memo):
+                    raise corrupt(f"memo index {_short.repr(idx)} out of sequence at byte {pos}")
+                if idx == len(memo):
+                    memo.append(stack[-1])
+                else:
+                    memo[idx] = stack[-1]
+            elif name in _GETS:
+                if not isinstance(arg, int) or not 0 <= arg < len(memo):
+                    raise corrupt(f"memo index {_short.repr(arg)} never set, at byte {pos}")
+                stack.append(memo[arg])
+            elif name == "DUP":
+                stack.append(stack[-1])
+            elif name == "POP":
+                if marks and marks[-1] == len(stack):
+                    marks.pop()
+                else:
+                    stack.pop()
+            elif name == "POP_MARK":
+                del stack[marks.pop():]
+            else:
+                before = op.stack_before
+                if pickletools.markobject in before:
+                    k = before.index(pickletools.markobject)
+                    start = marks.pop() - k
+                else:
+                    start = len(stack) - len(before)
+                if start < 0 or (marks and start < marks[-1]):
+                    raise corrupt(f"stack underflow at byte {pos} ({name})")
+                popped = stack[start:]
+                del stack[start:]
+                if name in _MUTATORS:
+                    cell = popped[0] if popped[0] is not leaf else [0]
+                    cell[0] = max(cell[0], 1 + max((c[0] for c in popped[1:]), default=-1))
+                    pushed = [cell]
+                elif popped:
+                    pushed = [[1 + max(c[0] for c in popped)] for _ in op.stack_after]
+                else:
+                    pushed = [[0] if name in _FRESH else leaf for _ in op.stack_after]
+                if pushed and pushed[0][0] > _MAX_OP_DEPTH:
+                    raise TorchCheckpointError(f"{path}: checkpoint pickle nests objects more than {_MAX_OP_DEPTH} "
+                                               f"levels deep")
+                stack.extend(pushed)
+    except TorchCheckpointError:
+        raise
+    except (ValueError, IndexError) as e:
+        raise corrupt(f"{type(e).__name__}: {_short.repr(str(e))}") from None
+
+
+def _children(x):
+    """The objects ``x`` refers to (None for a leaf)."""
+    if isinstance(x, Record):
+        return (x.args, x.kwargs, x.state)
+    if isinstance(x, dict):
+        return [*x.keys(), *x.values()]
+    if isinstance(x, (list, tuple, set, frozenset)):
+        return x
+    return None
+
+
+def _check_structure(obj, path: str):
+    """Refuses reference cycles, nesting deeper than ``_MAX_DEPTH`` and more than ``_MAX_NODES`` objects counted
+    with shared references expanded (what a recursive walk such as ``Record.to_dict`` or ``json.dump`` would visit).
+    Iterative and linear in the number of distinct objects."""
+    if _children(obj) is None:
+        return
+    done: dict[int, int] = {}            # id -> expanded size of a finished container
+    stack = [[obj, iter(_children(obj)), 1]]
+    on_path = {id(obj)}
+    while stack:
+        frame = stack[-1]
+        for child in frame[1]:
+            kids = _children(child)
+            if kids is None:
+                frame[2] += 1
+            elif id(child) in done:
+                frame[2] += done[id(child)]
+            elif id(child) in on_path:
+                raise TorchCheckpointError(f"{path}: checkpoint pickle contains a reference cycle")
+            else:
+                if len(stack) >= _MAX_DEPTH:
+                    raise TorchCheckpointError(f"{path}: checkpoint pickle nests deeper than {_MAX_DEPTH} levels")
+                stack.append([child, iter(kids), 1])
+                on_path.add(id(child))
+                break
+            if frame[2] > _MAX_NODES:
+                break
+        else:
+            stack.pop()
+            on_path.discard(id(frame[0]))
+            done[id(frame[0])] = frame[2]
+            if stack:
+                stack[-1][2] += frame[2]
+        if frame[2] > _MAX_NODES or (stack and stack[-1][2] > _MAX_NODES):
+            raise TorchCheckpointError(f"{path}: checkpoint pickle expands to more than {_MAX_NODES} objects "
+                                       f"(shared references counted at each use)")
+
+
+def load(path: str | os.PathLike, *, records: Iterable[str] = (), enums: Iterable[str] = (),
+         max_inflate_bytes: int = _MAX_INFLATE_BYTES) -> Any:
     """Loads a ``torch.save`` zip checkpoint as plain Python + numpy, executing no pickled code.
 
     path:     the checkpoint file (``hypermod.pt``, ``pytorch_model.bin``, ...).
     records:  dotted class names that become inert :class:`Record` objects (``builtins.set`` and friends: real sets).
     enums:    dotted enum class names; ``Enum(value)`` in the pickle yields ``value``.
+    max_inflate_bytes: total declared uncompressed bytes of deflated zip entries this load may inflate
+              (``torch.save`` stores entries uncompressed; those are memory-mapped and not counted).
 
     Returns the unpickled object; every tensor is an owned, C-contiguous numpy array of the tensor's dtype and shape
     (storage offset and strides honoured; bfloat16/float8 as ``ml_dtypes`` dtypes). Raises
     :class:`UnsafeCheckpointError` for any global outside the allow-list and :class:`TorchCheckpointError` for a file
-    that is not a readable torch zip checkpoint.
+    that is not a readable torch zip checkpoint or exceeds the bounds listed in the module docstring.
     """
     path = os.fspath(path)
-    allowed = dict(_FIXED_GLOBALS)
-    for qual in records:
-        allowed[qual] = _SET_NAMES.get(qual) or _record_class(qual)
-    for qual in enums:
-        allowed[qual] = _enum_value(qual)
-    archive = _Archive(path)
+    archive = _Archive(path, max_inflate_bytes)
+    state = _Load(archive, records, enums)
     try:
-        return _RestrictedUnpickler(io.BytesIO(archive.read_pickle()), archive, allowed).load()
-    except (UnsafeCheckpointError, TorchCheckpointError):
-        raise
-    except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError, KeyError) as e:
-        raise TorchCheckpointError(f"{path}: corrupt checkpoint pickle ({type(e).__name__}: {e})") from None
+        data = bytes(archive.read_pickle())
+        _prescan(data, path)
+        obj = _RestrictedUnpickler(io.BytesIO(data), state).load()
+        _check_structure(obj, path)
+        return obj
+    except (UnsafeCheckpointError, TorchCheckpointError) as e:
+        if str(e).startswith(path):
+            raise
+        raise type(e)(f"{path}: {e}") from None  # raised by a stand-in that does not know the file
+    except MemoryError:
+        raise TorchCheckpointError(f"{path}: out of memory while unpickling (a declared length is larger than "
+                                   f"the file)") from None
+    except RecursionError:
+        raise TorchCheckpointError(f"{path}: checkpoint pickle nests too deeply") from None
+    except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError, KeyError, ValueError,
+            OverflowError) as e:
+        raise TorchCheckpointError(f"{path}: corrupt checkpoint pickle ({type(e).__name__}: "
+                                   f"{_short.repr(str(e))})") from None

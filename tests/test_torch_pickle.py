@@ -3,6 +3,7 @@ import dataclasses
 import enum
 import os
 import pickle
+import struct
 import zipfile
 
 import ml_dtypes
@@ -241,3 +242,28 @@ def test_unpickler_never_imports(tmp_path):
     with pytest.raises(tp.UnsafeCheckpointError, match="antigravity.fly"):
         tp.load(path)
     assert "antigravity" not in sys.modules
+
+
+def test_deflated_rezip_loads_and_corruption_is_caught(tmp_path):
+    """torch.save stores entries uncompressed; a re-zipped (deflated) copy reads the same through the bounded
+    inflater, and a flipped byte in a stored storage fails the CRC check instead of loading silently."""
+    sd = {"a": torch.randn(64, 33), "b": torch.arange(10, dtype=torch.int64)[2:]}
+    good = tmp_path / "good.pt"
+    torch.save(sd, good)
+    deflated = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(deflated, "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    out = tp.load(deflated)
+    for k, v in sd.items():
+        _assert_same(out[k], v)
+    with zipfile.ZipFile(good) as zf:
+        info = next(i for i in zf.infolist() if "/data/" in i.filename)
+    raw = bytearray(good.read_bytes())
+    n_name, n_extra = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])  # local header
+    start = info.header_offset + 30 + n_name + n_extra
+    raw[start + 5] ^= 0xFF
+    bad = tmp_path / "flipped.pt"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(tp.TorchCheckpointError, match=f"zip entry {info.filename} fails its CRC-32 check"):
+        tp.load(bad)

@@ -3,8 +3,8 @@
 Official run directory (``train_outputs/sft/hyper_lora/<run>/`` of SakanaAI/text-to-lora):
   hypermod.pt          ``torch.save(hypermod.state_dict())``, read with :mod:`hyperlora_jax.torch_pickle` (no torch,
                        no pickled code executed).
-  args.yaml            training arguments, read with a safe YAML loader (``!!python/object/apply:`` tags yield their
-                       single argument; no Python object is built).
+  args.yaml            training arguments, read with :mod:`hyperlora_jax.io.safe_yaml` (``!!python/object/apply:``
+                       tags yield their single argument; no Python object is built; size and alias expansion bounded).
   adapter_config.json  PEFT config of the training run: r, lora_alpha, and ``target_modules`` in the order of the
                        training process's Python set, which is the row order of ``layer_type_encoder``.
 
@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
-import yaml
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from hyperlora_jax import safetensors_io, torch_pickle
+from hyperlora_jax.io.safe_yaml import load_yaml  # noqa: F401 (also imported from here by d2l.checkpoint)
+from hyperlora_jax.peft_io import atomic_write_dir
 from hyperlora_jax.t2l.hypernet import T2LConfig, param_shapes
 
 FORMAT = "hyperlora_jax.t2l"
@@ -42,40 +41,6 @@ PARAMS_FILE = "params.safetensors"
 
 # Reference state-dict buffers that carry no trainable weight in SFT checkpoints.
 _BUFFER_PREFIXES = ("AB_offset.", "mean_recon_target.", "std_recon_target.")
-
-
-# --------------------------------------------------------------------------------------------------- safe YAML
-class _SafeArgsLoader(yaml.SafeLoader):
-    """SafeLoader that reads ``!!python/object/apply:X [arg]`` as ``arg`` and ``!!python/tuple`` as a tuple."""
-
-
-def _construct_apply(loader, suffix, node):
-    if isinstance(node, yaml.SequenceNode):
-        args = loader.construct_sequence(node, deep=True)
-    elif isinstance(node, yaml.MappingNode):
-        mapping = loader.construct_mapping(node, deep=True)
-        args = mapping.get("args", [])
-    else:
-        args = [loader.construct_scalar(node)]
-    if len(args) != 1:
-        raise yaml.constructor.ConstructorError(None, None, f"!!python/object/apply:{suffix} with {len(args)} "
-                                                f"arguments is not supported (only enum-like single values)",
-                                                node.start_mark)
-    return args[0]
-
-
-_SafeArgsLoader.add_multi_constructor("tag:yaml.org,2002:python/object/apply:", _construct_apply)
-_SafeArgsLoader.add_constructor("tag:yaml.org,2002:python/tuple",
-                                lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
-
-
-def load_yaml(path: str) -> Any:
-    """Parses a YAML file without building Python objects; unknown tags raise ValueError."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            return yaml.load(f, Loader=_SafeArgsLoader)  # noqa: S506 (SafeLoader subclass)
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: cannot read YAML safely: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------------- key map
@@ -315,31 +280,17 @@ def save(dst: str, params, cfg: T2LConfig, meta: Mapping[str, Any] | None = None
     for k in ("lora_alpha", "r", "target_modules"):
         meta.pop(k, None)
     config.update(meta)
-    parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dst)}.tmp-")
-    old = None
-    try:
+
+    def write(tmp):
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, sort_keys=False)
             f.write("\n")
         safetensors_io.save_file(flat, os.path.join(tmp, PARAMS_FILE), metadata={"format": FORMAT})
-        if os.path.isdir(dst):
-            if _dir_nonempty(dst) and not overwrite:  # appeared meanwhile
-                raise ValueError(f"{dst} exists and is not empty (use overwrite)")
-            old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(dst)}.old-")
-            os.rmdir(old)
-            os.rename(dst, old)
-        os.rename(tmp, dst)
-        tmp = None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            if os.path.exists(dst):
-                shutil.rmtree(old, ignore_errors=True)
-            else:  # failed after moving the old directory away: put it back
-                os.rename(old, dst)
+
+    try:
+        atomic_write_dir(dst, write, overwrite)
+    except FileExistsError as e:
+        raise ValueError(str(e)) from None
 
 
 def _check_flat(flat: Mapping[str, np.ndarray], shapes: Mapping[str, tuple], what: str):
