@@ -173,7 +173,7 @@ def import_reference(ckpt_dir: str, *, chunk_tokens: Optional[int] = None
     Raises :class:`hyperlora_jax.torch_pickle.UnsafeCheckpointError` for a pickle naming any global off the D2L
     allow-list, and D2LCheckpointError (one message) for anything that does not fit.
     """
-    from hyperlora_jax.t2l.checkpoint import load_yaml  # the project's safe args.yaml loader
+    from hyperlora_jax.io.safe_yaml import load_yaml
 
     if chunk_tokens is not None and (isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int)
                                      or chunk_tokens < 1):

@@ -30,7 +30,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from hyperlora_jax import safetensors_io, torch_pickle
-from hyperlora_jax.io.safe_yaml import load_yaml  # noqa: F401 (also imported from here by d2l.checkpoint)
+from hyperlora_jax.io.safe_yaml import load_yaml
 from hyperlora_jax.peft_io import atomic_write_dir
 from hyperlora_jax.t2l.hypernet import T2LConfig, param_shapes
 
