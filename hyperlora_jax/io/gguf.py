@@ -157,9 +157,9 @@ class GGUFFile:
         n_kv = cur.scalar("<Q", "metadata count")
         # each metadata entry takes >= 8 (key length) + 4 (type) + 1 bytes, each tensor info >= 8 + 4 + 4 + 8
         if n_kv * 13 > size - cur.pos:
-            raise GGUFError(f"{path}: metadata count {n_kv} cannot fit in a {size}-byte file")
+            raise GGUFError(f"{path}: metadata count {n_kv} cannot fit in a {size}-byte file (truncated or corrupt)")
         if n_tensors * 24 > size - cur.pos:
-            raise GGUFError(f"{path}: tensor count {n_tensors} cannot fit in a {size}-byte file")
+            raise GGUFError(f"{path}: tensor count {n_tensors} cannot fit in a {size}-byte file (truncated or corrupt)")
 
         self.metadata: dict[str, Any] = {}
         for i in range(n_kv):
