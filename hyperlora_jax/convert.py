@@ -88,7 +88,7 @@ def _add_gguf(sub):
     p = sub.add_parser("gguf", help="llama-architecture GGUF file (llama.cpp) -> Hugging Face model directory")
     p.add_argument("src", help="the .gguf file (F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors, gpt2 byte-level BPE tokenizer)")
     p.add_argument("dst", help="output directory (config.json, model.safetensors, tokenizer.json, ...)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+    p.add_argument("--dtype", default="float32", choices=cli.DTYPES,
                    help="storage dtype of the dequantised weights")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
     p.set_defaults(func=_run_gguf)

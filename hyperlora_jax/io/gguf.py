@@ -142,6 +142,16 @@ class GGUFFile:
                 raise GGUFError(f"{path}: truncated file: {size} bytes is shorter than a GGUF header")
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.size = size
+        try:
+            self._parse(path, size)
+        except BaseException:
+            try:
+                self._map.close()
+            except BufferError:    # a view still referenced from the traceback: the mapping goes with it
+                pass
+            raise
+
+    def _parse(self, path: str, size: int):
         cur = _Cursor(self._map, path)
         magic = bytes(self._map[:4])
         if magic != GGUF_MAGIC:
