@@ -14,6 +14,9 @@ Presets:
                   1: 0.5, 2: 0.125, 3..8: 0.0625 each), QA turns up to 512 tokens.
   gemma2_2b_niah  NIAH (early_exit at L//4, 208 latents x 8 blocks, CE, L1 1.5, NEFTune 0, grad-accum 16).
   mistral_7b, qwen3_4b   the main experiment on those base models (same hyperparameters).
+  smollm2         skeleton for SmolLM2-135M-Instruct (model.base_model = the directory `convert gguf` wrote):
+                  early_exit at layer 7 (L//4), Perceiver 256 wide x 4 blocks, KD with the base as its own teacher
+                  (the document in its context), on generated fictional facts (data.source fictional_facts).
 The published presets need model.base_model (a local HF directory), a prepared dataset and, for *_chunked,
 init_from (the stage-1 workdir); paths are placeholders to override on the command line, e.g.
   --config.model.base_model=/models/gemma-2-2b-it --config.data.tfds_dir=/data/tfds --config.data.tfds_name=d2l_qa/mine
@@ -25,6 +28,8 @@ Memory (model.*): chunk_group   chunks per context-encoder + hypernetwork call (
 
 Data keys (data.*):
   source          toy_niah (generated, toy preset) | d2l_qa | niah (prepared TFDS datasets, methods/d2l_sources.py)
+                  | fictional_facts (generated documents + questions, methods/d2l_facts.py: data.num_documents,
+                  facts_seed, min_facts, max_facts)
   tfds_dir        directory the d2l_qa / niah dataset was prepared in with hyperlora_jax.data.tfds (array_record)
   tfds_name       builder[/config[/version]]; '' = d2l_qa (its default config) resp. niah/reference
   split           TFDS split string, e.g. train, train[:95%], train_32_128+train_128_256
@@ -104,7 +109,24 @@ def get_config(preset: str = "toy"):
         c.data.update(dict(source="niah", max_chunks=8, chunk_probs=(0.5, 0.125) + (0.0625,) * 6,
                            tfds_name="niah/reference", split="train_32_128+train_128_256", query_len=256))
         c.seed, c.grad_accum_steps, c.batch_size, c.num_train_steps = 1, 16, 16, 20_000
+    elif preset == "smollm2":
+        # SmolLM2-135M-Instruct (llama: 30 layers, hidden 576, 9 heads / 3 kv heads), converted from its GGUF
+        # (python -m hyperlora_jax.convert gguf SmolLM2-135M-Instruct.Q4_1.gguf DIR). Skeleton hyperparameters:
+        # early-exit encoder at L // 4, a small Perceiver, KD with the base model reading the document as teacher,
+        # on generated fictional facts (nothing the base model can know without the document).
+        c.model.base_model = "/path/to/SmolLM2-135M-Instruct"
+        c.model.update(dict(ctx_encoder_type="early_exit", layer_idx=7, target_modules=("down_proj",), r=8,
+                            latent_size=256, n_latent_queries=8, num_blocks=4, n_heads=4, head_dim=64,
+                            num_kv_heads=2))
+        c.loss.update(dict(kind="kd", top_k=16, l1_coef=0.1, neftune_alpha=5.0))
+        c.data.update(dict(source="fictional_facts", chunk_tokens=128, min_chunk_tokens=25, max_chunks=4,
+                           chunk_probs=(0.5, 0.25, 0.125, 0.125), query_len=96, max_response_tokens=16,
+                           teacher_len=0))
+        c.data.num_documents, c.data.facts_seed, c.data.min_facts, c.data.max_facts = 100_000, 0, 3, 7
+        c.num_train_steps, c.batch_size, c.grad_accum_steps = 5_000, 16, 1
+        c.learning_rate, c.warmup_steps, c.end_lr_factor = 1e-4, 100, 0.1
+        c.checkpoint_every_steps, c.log_every_steps = 1000, 20
     else:
         raise ValueError(f"unknown preset {preset!r} for configs/d2l.py "
-                         "(toy, gemma2_2b, mistral_7b, qwen3_4b, their *_chunked stage 2, gemma2_2b_niah)")
+                         "(toy, gemma2_2b, mistral_7b, qwen3_4b, their *_chunked stage 2, gemma2_2b_niah, smollm2)")
     return c

@@ -2,6 +2,7 @@
 
     python -m hyperlora_jax.convert t2l SRC_RUN_DIR DST_DIR [--overwrite] [--module-order q_proj,v_proj]
     python -m hyperlora_jax.convert d2l SRC_CHECKPOINT_DIR DST_DIR [--overwrite] [--chunk-tokens N]
+    python -m hyperlora_jax.convert gguf FILE.gguf DST_DIR [--overwrite] [--dtype float32|bfloat16]
 
 Each method is one subcommand: a function ``_add_<name>(subparsers)`` that declares its arguments and sets
 ``func`` to a handler ``(args) -> str`` (a one-line summary). Adding a method = one more ``_add_*`` in ``COMMANDS``.
@@ -90,7 +91,25 @@ def _add_d2l(sub):
     p.set_defaults(func=_run_d2l)
 
 
-COMMANDS = (_add_t2l, _add_d2l)
+# -------------------------------------------------------------------------------------------------- gguf
+def _run_gguf(args) -> str:
+    from hyperlora_jax.io.gguf_to_hf import convert
+
+    check_destination(args.dst, args.overwrite)
+    return convert(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite)
+
+
+def _add_gguf(sub):
+    p = sub.add_parser("gguf", help="llama-architecture GGUF file (llama.cpp) -> Hugging Face model directory")
+    p.add_argument("src", help="the .gguf file (F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors, gpt2 byte-level BPE tokenizer)")
+    p.add_argument("dst", help="output directory (config.json, model.safetensors, tokenizer.json, ...)")
+    p.add_argument("--dtype", default="float32", choices=cli.DTYPES,
+                   help="storage dtype of the dequantised weights")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
+    p.set_defaults(func=_run_gguf)
+
+
+COMMANDS = (_add_t2l, _add_d2l, _add_gguf)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -91,6 +91,7 @@ class D2LMethod:
         self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
         from hyperlora_jax.methods.d2l_data import BATCH_CHUNK_COUNT_SOURCES, SOURCES
         import hyperlora_jax.methods.d2l_sources  # noqa: F401  (registers the tfds sources d2l_qa, niah)
+        import hyperlora_jax.methods.d2l_facts  # noqa: F401  (registers the generated source fictional_facts)
         if config.data.get("batch_chunk_count", False) and config.data.source not in BATCH_CHUNK_COUNT_SOURCES:
             raise ValueError(f"data.batch_chunk_count is not supported by data source {config.data.source!r} "
                              f"(supported: {', '.join(sorted(BATCH_CHUNK_COUNT_SOURCES))})")

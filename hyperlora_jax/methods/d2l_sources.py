@@ -185,7 +185,7 @@ class TFDSExamples:
         if self.query_len < 2:
             raise ValueError(f"data.query_len must be >= 2, got {self.query_len}")
 
-        self.records = open_split(data_cfg, source_name)
+        self.records = self.open_records(data_cfg, source_name)
         self.n = len(self.records)
         self.stream = ExampleStream(self.n, self.seed, shuffle=True)
         self.chat = ChatTokenizer(method.tok)
@@ -197,6 +197,10 @@ class TFDSExamples:
         self.vocab = int(method.base_cfg.vocab_size)
         self.calls = 0
         self.source_name = source_name
+
+    def open_records(self, data_cfg, source_name: str):
+        """The records (``len`` + ``[i]`` -> record dict): here a prepared TFDS split; generated sources override."""
+        return open_split(data_cfg, source_name)
 
     # -- pieces
     def _chunker(self, ids, rng):

@@ -1,0 +1,31 @@
+"""Training source ``fictional_facts`` of the ``d2l`` method: generated fictional-fact documents and questions
+(``hyperlora_jax.toy.fictional_facts``), no download.
+
+The records have the text layout of ``d2l_qa`` and go through the same example builder (``TFDSExamples`` in
+``d2l_sources``): the reference's training chunking, one QA per visit, per-epoch shuffling, and for
+``loss.kind == 'kd'`` the base model with the document in context as the teacher.
+
+Config keys (``data.*``), besides the chunking / length keys of ``d2l_sources``:
+  num_documents         records in the generated world (default 100000)
+  facts_seed            the world's seed (default 0; independent of the training seed, which only shuffles)
+  min_facts, max_facts  facts (= questions) per document (default 3..7)
+"""
+from __future__ import annotations
+
+from hyperlora_jax.methods.d2l_data import source
+from hyperlora_jax.methods.d2l_sources import TFDSExamples
+from hyperlora_jax.toy.fictional_facts import FictionalFacts
+
+
+class FactExamples(TFDSExamples):
+    """``TFDSExamples`` over a generated ``FictionalFacts`` world instead of a prepared split."""
+
+    def open_records(self, data_cfg, source_name: str):
+        return FictionalFacts(int(data_cfg.get("num_documents", 100_000)), seed=int(data_cfg.get("facts_seed", 0)),
+                              min_facts=int(data_cfg.get("min_facts", 3)), max_facts=int(data_cfg.get("max_facts", 7)))
+
+
+@source("fictional_facts")
+def fictional_facts(method, data_cfg, seed: int):
+    """Generated fictional-fact documents (data.num_documents / facts_seed / min_facts / max_facts)."""
+    return FactExamples(method, data_cfg, seed, "fictional_facts"), None
