@@ -10,6 +10,9 @@ dense path in bfloat16, forward and gradients, and the full model with attention
 """
 import functools
 import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -213,6 +216,34 @@ def test_model_splash_matches_xla(family):
     got, _ = model_logits(cfg, params, "splash")
     err = np.abs(got - want)[valid].max()
     assert err < 1e-4, err
+
+
+def test_model_splash_on_two_devices():
+    """Several devices: splash runs under shard_map over the batch (Mosaic kernels are not auto-partitioned); a
+    batch sharded over 2 emulated CPU devices gives the xla path's logits (float32, < 1e-4)."""
+    script = textwrap.dedent("""
+        import sys, jax, jax.numpy as jnp, numpy as np
+        sys.path.insert(0, "tests")
+        from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+        import test_attention as ta
+        from hyperlora_jax.model import forward
+        assert jax.device_count() == 2
+        cfg, params = ta.tiny("gemma2")
+        pos, seg = ta.packed(4, 128)
+        tok = jnp.asarray(np.random.default_rng(3).integers(0, cfg.vocab_size, (4, 128)))
+        mesh = jax.make_mesh((2,), ("data",), axis_types=(AxisType.Auto,))
+        tok, pos, seg = (jax.device_put(x, NamedSharding(mesh, P("data"))) for x in (tok, pos, seg))
+        run = lambda k: np.asarray(jax.jit(lambda p, t, ps, sg: forward(
+            p, cfg.replace(attention=k), t, positions=ps, segment_ids=sg)["logits"])(params, tok, pos, seg))
+        err = np.abs(run("splash") - run("xla"))[np.asarray(seg) != 0].max()
+        assert err < 1e-4, err
+        print("OK")
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": root}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600, cwd=root)
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stderr[-3000:]
 
 
 def test_model_cudnn_path_matches_xla(monkeypatch):
