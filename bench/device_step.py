@@ -369,6 +369,7 @@ def main(argv=None):
         a.seq_len = 64 if a.seq_len == ap.get_default("seq_len") else a.seq_len
     print(f"backend {jax.default_backend()}, devices {[d.device_kind for d in jax.devices()]}", flush=True)
     bc = base_config(a.small, a.base_config).replace(attention=a.attention)
+    base_name = a.base_config or ("a tiny gemma-2 shape (--small)" if a.small else "gemma-2-2b")
     base = (jax.eval_shape if a.compile_only else lambda f: f())(lambda: _random_base(bc, jnp.bfloat16))
     rows = []
     which = a.which.split(",")
@@ -395,7 +396,7 @@ def main(argv=None):
                              ("xla_GFLOP_per_step", "XLA GFLOP/step (loops once)", ",.1f"),
                              ("compile_s", "compile s", ".1f")],
                       f"buffer assignment on {jax.default_backend()} at "
-                      f"{a.base_config or ('a tiny gemma-2 shape' if a.small else 'gemma-2-2b')} size, remat {a.remat}, "
+                      f"{base_name} size, remat {a.remat}, "
                       f"batch {a.batch} (compile only)"))
         for r in rows:
             print(f"  {r['step']}: {r['desc']}")
@@ -412,8 +413,7 @@ def main(argv=None):
                          ("achieved_TFLOP_s", "model TFLOP/s", ".3f"), ("mfu", "MFU", pct),
                          ("compile_s", "compile s", ".1f"), ("attention", "attention", ""),
                          ("peak_device_GiB", "device peak GiB", ".2f")],
-                  f"training steps at {a.base_config or ('a tiny gemma-2 shape (--small)' if a.small else 'gemma-2-2b')} "
-                  f"size, attention {a.attention}, "
+                  f"training steps at {base_name} size, attention {a.attention}, "
                   f"random bf16 base ({bc.num_params() / 1e9:.3f} B params), remat {a.remat}, "
                   f"median of {a.steps} steps"))
     for r in rows:

@@ -3,19 +3,19 @@
 The decoder calls three functions: ``resolve`` (which kernel runs for this call), ``prepare`` (once per forward:
 what the kernel needs to mask — dense masks or segment ids) and ``attend`` (per layer).
 
-| attention | backend     | kernel                                                   | masks it applies                     |
-|-----------|-------------|----------------------------------------------------------|--------------------------------------|
-| xla       | any         | dense softmax(QKᵀ) V over a materialised [B, T, S] mask  | everything (positions, segments,     |
-|           |             | (logits float32)                                         | window, soft-cap, GQA, KV cache)     |
-| cudnn     | CUDA GPU    | ``jax.nn.dot_product_attention(implementation="cudnn")``  | causal (is_causal), segments +       |
-|           |             | (cuDNN flash attention; bf16/fp16 compute only)           | padding + sliding window as a        |
-|           |             |                                                          | boolean [B, 1, T, S] mask; GQA; no   |
-|           |             |                                                          | logit soft-cap (ConfigError)         |
-| splash    | TPU (other  | Pallas splash attention (MQA kernel per KV head, vmapped | causal / sliding window (block-      |
-|           | backends:   | over KV heads and batch; shard_map over the batch on     | sparse CausalMask / LocalMask),      |
-|           | interpret)  | several devices)                                         | segment ids, logit soft-cap, GQA     |
-| auto      |             | GPU: cudnn when it applies (bf16/fp16, no soft-cap),     |                                      |
-|           |             | TPU: splash when T, S are multiples of 128, else xla     |                                      |
+| attention | backend                | kernel                                      | masking it applies              |
+|-----------|------------------------|---------------------------------------------|---------------------------------|
+| xla       | any                    | dense softmax(QK^T)V, float32 logits, over  | everything: positions, segments,|
+|           |                        | a materialised [B, T, S] boolean mask       | window, soft-cap, GQA, KV cache |
+| cudnn     | CUDA GPU, bf16/fp16    | jax.nn.dot_product_attention(implementation | causal (is_causal); segments,   |
+|           | compute                | ="cudnn"): cuDNN flash attention            | padding, window as a boolean    |
+|           |                        |                                             | [B, 1, T, S] mask; GQA. No      |
+|           |                        |                                             | soft-cap (ConfigError)          |
+| splash    | TPU (elsewhere: Pallas | Pallas splash attention: the MQA kernel per | causal / window as block-sparse |
+|           | interpret mode, slow)  | KV head, vmapped over KV heads and batch,   | CausalMask / LocalMask, segment |
+|           |                        | shard_map over the batch on several devices | ids, logit soft-cap, GQA        |
+| auto      | GPU: cudnn where it applies (bf16/fp16, no soft-cap, even lengths), TPU: splash where T, S are       |
+|           | multiples of 128 (and the batch divides over the devices), otherwise xla                              |
 
 A forward with a KV cache (prefill and decode) always runs ``xla``: its queries are a window of the cache, which the
 fused kernels' index-causal masks do not describe.
