@@ -1,7 +1,7 @@
 """Device benchmark: tokens/s and MFU of one D2L and one T2L training step at gemma-2-2b size (random weights).
 
-    python bench/device_step.py [--small] [--which d2l,t2l] [--steps 10] [--batch 4] [--remat none|full|dots]
-                                [--compile-only] [--out FILE]
+    python bench/device_step.py [--small] [--which d2l,t2l,lora] [--steps 10] [--batch 4] [--remat none|full|dots]
+                                [--base-config PATH] [--attention xla|cudnn|splash|auto] [--compile-only] [--out FILE]
 
 Meant for one GPU or TPU (``pip install ".[cuda]"`` or ``".[tpu]"``, then run it as is: nothing is downloaded, the
 base is built from ``tests/data/configs/gemma-2-2b.json`` with random bf16 weights). ``--small`` swaps in a tiny
@@ -18,6 +18,10 @@ methods' data start-up.
   context chunk of ``--chunk-tokens`` (512) tokens, a student sequence (query + response) of ``--query-len``
   (2048) tokens with the last ``--response`` (256) tokens distilled, and a teacher sequence = chunk + student
   sequence (the document in context).
+* **LoRA** (``--which lora``; needs only jax/flax/optax): the frozen base with a trainable rank-8 LoRA on every
+  attention and MLP projection, next-token cross-entropy on ``--batch`` x 2 rows of ``--seq-len`` tokens, each row
+  packed with two documents (segment ids 1 and 2) and 1/8 padding — the attention kernels' workload with segments.
+  optax AdamW, bf16 compute.
 * **T2L** (``configs/t2l.py:gemma``: T2L-L latent 512 / head_in 2048, q_proj + v_proj r = 8, rsLoRA, label smoothing
   0.1, L2 1e-3, NEFTune 5, hypernet dropout 0.05): ``--batch`` (task, example) rows of ``--seq-len`` (512) tokens;
   the task embeddings are precomputed data (the sentence encoder is not part of the step, as in training).
@@ -43,6 +47,10 @@ A100 312e12, TPU v4 275e12, v5e 197e12, v5p 459e12, v6 918e12). XLA's own count 
 (``cost_analysis()['flops']``) is printed next to it for reference only: it counts the body of a scan / while loop
 once, so with the base model's scan over layers it is a lower bound, not a check (the hypernetwork has no loop, and
 tests/test_bench.py checks the analytic forward count against XLA's on a one-layer model).
+``--base-config`` swaps the base for any Hugging Face style ``config.json`` (a directory holding one, the file
+itself, or a name under ``tests/data/configs``: gemma-2-2b, Llama-3.1-8B, Mistral-7B-Instruct-v0.2, Qwen3-4B);
+``--attention`` sets its kernel (``hyperlora_jax/attention.py``; each row records the kernel that ran).
+
 tokens/s counts the student's tokens (the sequences trained on); D2L also reports all tokens read per second
 (chunk + student + teacher).
 """
@@ -64,7 +72,16 @@ SMALL_BASE = dict(model_type="gemma2", vocab_size=512, hidden_size=64, intermedi
                   num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=8192)
 
 
-def base_config(small: bool):
+def base_config(small: bool, path: str | None = None):
+    from hyperlora_jax.config import ModelConfig
+    if path:
+        if os.path.isdir(path):
+            return ModelConfig.from_pretrained(path)
+        if not os.path.isfile(path):
+            path = os.path.join(C.REAL_CONFIG_DIR, f"{path}.json")
+        import json
+        with open(path) as f:
+            return ModelConfig.from_hf_dict(json.load(f))
     if not small:
         return C.real_config("gemma-2-2b")
     import json
@@ -73,7 +90,6 @@ def base_config(small: bool):
     d.update(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, head_dim=16, sliding_window=64, query_pre_attn_scalar=16)
     d.pop("layer_types", None)
-    from hyperlora_jax.config import ModelConfig
     return ModelConfig.from_hf_dict(d)
 
 
@@ -224,12 +240,70 @@ def t2l_setup(bc, base, a):
     return method, tx, _state(params, tx, 2), batch, flops, {"student": b * n, "all": b * n}, desc, emb
 
 
+class LoRAMethod:
+    """The base model frozen, a rank-``r`` LoRA on every projection trained: next-token loss over packed rows."""
+
+    def __init__(self, bc, r=8, dtype=jnp.bfloat16):
+        self.bc, self.r, self.dtype = bc, r, dtype
+
+    def init_trainable(self, rng, batch_rows):
+        from hyperlora_jax.lora import LORA_MODULES
+        shapes = self.bc.projection_shapes()
+        ks = jax.random.split(rng, len(LORA_MODULES))
+        L = self.bc.num_layers
+        return {"A": {m: 0.01 * jax.random.normal(k, (L, 1, self.r, shapes[m][0])) for m, k in zip(LORA_MODULES, ks)},
+                "B": {m: jnp.full((L, 1, self.r, shapes[m][1]), 1e-3) for m in LORA_MODULES}}
+
+    def loss(self, params, frozen, batch, rng):
+        from hyperlora_jax.lora import Adapter
+        from hyperlora_jax.model import forward
+        b = batch["tokens"].shape[0]
+        tile = lambda x: jnp.broadcast_to(x, (x.shape[0], b) + x.shape[2:]).astype(self.dtype)
+        adapter = Adapter({m: tile(a) for m, a in params["A"].items()}, {m: tile(x) for m, x in params["B"].items()},
+                          jnp.full((b,), 2.0, jnp.float32))
+        out = forward(frozen, self.bc, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+                      adapter=adapter, dtype=self.dtype, remat=self.remat)
+        logp = jax.nn.log_softmax(out["logits"][:, :-1], axis=-1)
+        nll = -jnp.take_along_axis(logp, batch["tokens"][:, 1:, None], axis=-1)[..., 0]
+        m = batch["loss_mask"][:, 1:]
+        loss = (nll * m).sum() / jnp.maximum(m.sum(), 1.0)
+        return loss, {"loss": loss}
+
+
+def lora_setup(bc, a):
+    import optax
+    method = LoRAMethod(bc)
+    method.remat = a.remat
+    b, n = a.batch * 2, a.seq_len
+    params = method.init_trainable(jax.random.PRNGKey(1), b)
+    tx = optax.adamw(1e-4)
+    rng = np.random.default_rng(0)
+    seg = np.zeros((b, n), np.int32)
+    cut, end = n // 2 - n // 16, n - n // 8  # two documents, then padding
+    seg[:, :cut], seg[:, cut:end] = 1, 2
+    pos = np.where(np.arange(n) < cut, np.arange(n), np.arange(n) - cut) * (seg > 0)
+    batch = {"tokens": jnp.asarray(rng.integers(10, bc.vocab_size, (b, n)), jnp.int32),
+             "positions": jnp.asarray(pos, jnp.int32), "segment_ids": jnp.asarray(seg),
+             "loss_mask": jnp.asarray((seg > 0).astype(np.float32))}
+    flops = {"student": 2 * fwd_flops(bc, n, bc.num_layers, n, b)}
+    desc = f"{b} rows x {n} tokens (2 packed documents + padding), LoRA r 8 on all projections"
+    return method, tx, _state(params, tx, 2), batch, flops, {"student": b * n, "all": b * n}, desc
+
+
 def memory_gib(compiled) -> dict:
     """XLA's buffer assignment of a compiled step: {argument,output,temp}_GiB, or {}."""
     try:
         m = compiled.memory_analysis()
         return {f"{k}_GiB": getattr(m, f"{k}_size_in_bytes") / 2 ** 30 for k in ("argument", "output", "temp")}
     except Exception:  # noqa: BLE001 — not every backend reports it
+        return {}
+
+
+def device_peak_gib() -> dict:
+    """The device allocator's peak so far in this process (GPU / TPU), or {}."""
+    try:
+        return {"peak_device_GiB": jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2 ** 30}
+    except Exception:  # noqa: BLE001 — CPU has no memory_stats
         return {}
 
 
@@ -262,7 +336,7 @@ def bench_one(name, method, tx, state, frozen, batch, flops, tokens, desc, steps
            "all_tokens_per_s": tokens["all"] / dt, "model_GFLOP_per_step": model_flops / 1e9,
            "xla_GFLOP_per_step": None if xla_step is None else xla_step / 1e9,
            "achieved_TFLOP_s": model_flops / dt / 1e12, "peak_TFLOP_s": None if peak is None else peak / 1e12,
-           "mfu": None if peak is None else model_flops / dt / peak, **mem,
+           "mfu": None if peak is None else model_flops / dt / peak, **mem, **device_peak_gib(),
            "flops_breakdown_GFLOP": {k: (None if v is None else v / 1e9) for k, v in flops.items()}}
     print(f"  {name}: {1e3 * dt:,.1f} ms/step, compile {compile_s:.1f} s, loss {loss0:.4f} -> {row['loss_last']:.4f}",
           flush=True)
@@ -283,30 +357,46 @@ def main(argv=None):
     ap.add_argument("--compile-only", action="store_true",
                     help="lower + compile each step with abstract base weights (nothing allocated for them) and "
                          "print XLA's buffer assignment (argument / output / temp GiB); works on a CPU")
+    ap.add_argument("--base-config", default=None,
+                    help="base model config: a directory with config.json, a config.json file, or a name under "
+                         "tests/data/configs (default: gemma-2-2b, or a tiny gemma-2 shape with --small)")
+    ap.add_argument("--attention", choices=("xla", "cudnn", "splash", "auto"), default="xla",
+                    help="attention kernel of the base model (hyperlora_jax/attention.py)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     if a.small:
-        a.steps, a.batch, a.chunk_tokens, a.query_len, a.response, a.seq_len = (min(a.steps, 3), 2, 32, 64, 16, 64)
+        a.steps, a.batch, a.chunk_tokens, a.query_len, a.response = (min(a.steps, 3), 2, 32, 64, 16)
+        a.seq_len = 64 if a.seq_len == ap.get_default("seq_len") else a.seq_len
     print(f"backend {jax.default_backend()}, devices {[d.device_kind for d in jax.devices()]}", flush=True)
-    bc = base_config(a.small)
+    bc = base_config(a.small, a.base_config).replace(attention=a.attention)
+    base_name = a.base_config or ("a tiny gemma-2 shape (--small)" if a.small else "gemma-2-2b")
     base = (jax.eval_shape if a.compile_only else lambda f: f())(lambda: _random_base(bc, jnp.bfloat16))
     rows = []
     which = a.which.split(",")
+    from hyperlora_jax.attention import describe
+    kernel_at = lambda n, b: describe(bc, jnp.bfloat16, n, b)  # the kernel a bf16 forward of n tokens runs
     if "d2l" in which:
         method, tx, state, batch, flops, tokens, desc = d2l_setup(bc, base, a)
         rows.append(bench_one("D2L", method, tx, state, base, batch, flops, tokens, desc, a.steps, a.compile_only))
+        rows[-1]["attention"] = kernel_at(a.query_len, a.batch)
+        del state
+    if "lora" in which:
+        method, tx, state, batch, flops, tokens, desc = lora_setup(bc, a)
+        rows.append(bench_one("LoRA", method, tx, state, base, batch, flops, tokens, desc, a.steps, a.compile_only))
+        rows[-1]["attention"] = kernel_at(a.seq_len, 2 * a.batch)
         del state
     if "t2l" in which:
         method, tx, state, batch, flops, tokens, desc, emb = t2l_setup(bc, base, a)
         rows.append(bench_one("T2L", method, tx, state, {"base": base, "task_emb": emb}, batch, flops, tokens,
                               desc, a.steps, a.compile_only))
+        rows[-1]["attention"] = kernel_at(a.seq_len, 2 * a.batch)
     if a.compile_only:
         print(C.table(rows, [("step", "step", ""), ("temp_GiB", "XLA temp GiB", ".2f"),
                              ("argument_GiB", "arguments GiB", ".2f"), ("output_GiB", "outputs GiB", ".2f"),
                              ("xla_GFLOP_per_step", "XLA GFLOP/step (loops once)", ",.1f"),
                              ("compile_s", "compile s", ".1f")],
                       f"buffer assignment on {jax.default_backend()} at "
-                      f"{'a tiny gemma-2 shape' if a.small else 'gemma-2-2b'} size, remat {a.remat}, "
+                      f"{base_name} size, remat {a.remat}, "
                       f"batch {a.batch} (compile only)"))
         for r in rows:
             print(f"  {r['step']}: {r['desc']}")
@@ -321,15 +411,17 @@ def main(argv=None):
                          ("model_GFLOP_per_step", "model GFLOP/step", ",.2f"),
                          ("xla_GFLOP_per_step", "XLA GFLOP/step (loops once)", ",.2f"),
                          ("achieved_TFLOP_s", "model TFLOP/s", ".3f"), ("mfu", "MFU", pct),
-                         ("compile_s", "compile s", ".1f")],
-                  f"training steps at {'a tiny gemma-2 shape (--small)' if a.small else 'gemma-2-2b'} size, "
+                         ("compile_s", "compile s", ".1f"), ("attention", "attention", ""),
+                         ("peak_device_GiB", "device peak GiB", ".2f")],
+                  f"training steps at {base_name} size, attention {a.attention}, "
                   f"random bf16 base ({bc.num_params() / 1e9:.3f} B params), remat {a.remat}, "
                   f"median of {a.steps} steps"))
     for r in rows:
         print(f"  {r['step']}: {r['desc']}; model GFLOP by part: "
               + ", ".join(f"{k} {'—' if v is None else format(v, ',.2f')}"
                           for k, v in r["flops_breakdown_GFLOP"].items()))
-    payload = {"rows": rows, "base_params": bc.num_params(), "small": a.small, "remat": a.remat}
+    payload = {"rows": rows, "base_params": bc.num_params(), "small": a.small, "remat": a.remat,
+               "attention": a.attention, "base_config": a.base_config}
     payload["json"] = C.write_json("device_step", a.out, dict(payload))
     return payload
 

@@ -83,7 +83,8 @@ def _common():
     c.checkpoint_every_steps = 10000
 
     c.model = ml_collections.ConfigDict({"model_dir": "/path/to/base_model", "tokenizer_dir": "",
-                                         "param_dtype": "bfloat16"})
+                                         "param_dtype": "bfloat16",
+                                         "attention": "xla"})  # xla | cudnn | splash | auto (attention.py)
     c.encoder = ml_collections.ConfigDict({"model_dir": "/path/to/gte-large-en-v1.5", "pooling": "cls",
                                            "embeddings_file": "", "batch_size": 64})
     c.t2l = ml_collections.ConfigDict({

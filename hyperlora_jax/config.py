@@ -12,6 +12,9 @@ One decoder implementation covers four families; what differs between them is da
 | query_pre_attn_scalar  | None (head_dim)      | None                  | from config                              |
 | attn / final softcap   | None                 | None                  | from config                              |
 | layer_types            | full (mistral: sliding if sliding_window) | full | alternating sliding / full        |
+
+``attention`` is not read from ``config.json``: it picks the attention kernel (``attention.py``: xla | cudnn | splash
+| auto) and comes from the run config's ``model.attention`` (``with_run_options``).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from typing import Any
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen3", "gemma2")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 FULL, SLIDING = "full_attention", "sliding_attention"
+ATTENTION_KERNELS = ("xla", "cudnn", "splash", "auto")  # see hyperlora_jax/attention.py
 
 
 class ConfigError(ValueError):
@@ -64,6 +68,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    attention: str = "xla"  # attention kernel: xla | cudnn | splash | auto (hyperlora_jax/attention.py)
 
     def __post_init__(self):
         if not self.layer_types:
@@ -73,6 +78,12 @@ class ModelConfig:
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_attention_heads {self.num_heads} is not a multiple of "
                               f"num_key_value_heads {self.num_kv_heads}")
+        if self.attention not in ATTENTION_KERNELS:
+            raise ConfigError(f"model.attention must be one of {', '.join(ATTENTION_KERNELS)}, got {self.attention!r}")
+        if self.attention == "cudnn" and self.attn_logit_softcap:
+            raise ConfigError(f"model.attention='cudnn' cannot apply attn_logit_softcapping={self.attn_logit_softcap} "
+                              f"({self.model_type}): cuDNN attention has no logit soft-cap; use 'auto' (xla on GPU "
+                              f"for this model) or 'xla'")
 
     # ----- derived quantities -------------------------------------------------------------------------------
     @property
@@ -101,6 +112,12 @@ class ModelConfig:
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)
+
+    def with_run_options(self, model_section) -> "ModelConfig":
+        """This config with the run config's model-section options that are not part of config.json (today:
+        ``attention``). ``model_section``: a ConfigDict / dict, or None (nothing changes)."""
+        get = getattr(model_section, "get", None)
+        return self.replace(attention=str(get("attention", self.attention))) if get else self
 
     # ----- construction ---------------------------------------------------------------------------------
     @classmethod

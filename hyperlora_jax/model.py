@@ -15,7 +15,8 @@ the scan: faster steps). Parameters mirror Hugging Face names, stacked over laye
   lm_head/kernel                                [H, V]             (absent when embeddings are tied)
 
 Inputs are token ids [B, T] with ``positions`` [B, T] and ``segment_ids`` [B, T] (0 = padding). A token attends to
-earlier-or-equal positions of its own segment, so left-padded, right-padded and packed batches all work. LoRA adapters
+earlier-or-equal positions of its own segment, so left-padded, right-padded and packed batches all work. The
+attention kernel (dense XLA, cuDNN, Pallas splash) is ``cfg.attention``; see ``attention.py``. LoRA adapters
 enter as data (``lora.Adapter``, one per batch row). A KV cache (``KVCache``) turns the same forward into prefill and
 decode steps.
 """
@@ -30,11 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyperlora_jax import attention
 from hyperlora_jax.config import ModelConfig, rope_inv_freq
 from hyperlora_jax.lora import Adapter, check_adapter, lora_delta
 
 UNROLL_MAX_LAYERS = 8  # layer scans of at most this many layers are fully unrolled (see Decoder)
-_NEG = -1e30  # added to masked attention logits (finite, so fully masked padding rows stay NaN-free)
+attention_masks = attention.attention_masks  # the dense [B, T, S] masks (re-exported)
 
 
 @flax.struct.dataclass
@@ -108,28 +110,18 @@ def rope(x, positions, inv_freq):
     return out.astype(x.dtype)
 
 
-def attention_masks(cfg: ModelConfig, q_pos, q_seg, k_pos, k_seg):
-    """Boolean masks [B, T, S] for full and sliding-window layers.
-
-    A query sees a key iff both are in the same non-zero segment and the key's position is not later;
-    sliding layers also need ``q_pos - k_pos < sliding_window``.
-    """
-    same = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
-    delta = q_pos[:, :, None] - k_pos[:, None, :]
-    full = same & (delta >= 0)
-    if cfg.sliding_window is None:
-        return full, full
-    return full, full & (delta < cfg.sliding_window)
-
-
 # ----- one decoder layer ------------------------------------------------------------------------------------
 
 class Attention(nn.Module):
+    """Projections, RoPE and the KV-cache write; the attention itself is ``attention.attend`` with the resolved
+    ``kernel`` ('xla' | 'cudnn' | 'splash'). ``attn_ctx``: ``attention.prepare``'s dict; ``is_sliding``: [] bool."""
+
     cfg: ModelConfig
     dtype: Any = jnp.float32
+    kernel: str = "xla"
 
     @nn.compact
-    def __call__(self, x, positions, mask, inv_freq, lora, cache_kv=None, cache_index=None):
+    def __call__(self, x, positions, attn_ctx, is_sliding, inv_freq, lora, cache_kv=None, cache_index=None):
         cfg, (b, t, _) = self.cfg, x.shape
         hd, nq, nkv = cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
         proj = lambda name, n: Linear(n * hd, self.dtype, name=name)(x, _get(lora, name)).reshape(b, t, n, hd)
@@ -145,14 +137,7 @@ class Attention(nn.Module):
             v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
             new_kv = (k, v)
             k, v = k.astype(self.dtype), v.astype(self.dtype)
-        g = nq // nkv
-        q = q.reshape(b, t, nkv, g, hd)
-        logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * cfg.attn_scale
-        if cfg.attn_logit_softcap:
-            logits = jnp.tanh(logits / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
-        logits = jnp.where(mask[:, None, None], logits, _NEG)
-        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, nq * hd)
+        out = attention.attend(self.kernel, cfg, q, k, v, attn_ctx, is_sliding, self.dtype)  # [B, T, nq * hd]
         return Linear(cfg.hidden_size, self.dtype, name="o_proj")(out, _get(lora, "o_proj")), new_kv
 
 
@@ -183,6 +168,7 @@ class DecoderLayer(nn.Module):
     dtype: Any = jnp.float32
     return_hidden: bool = False
     lora_dropout: float = 0.0
+    kernel: str = "xla"  # the resolved attention kernel
 
     @nn.compact
     def __call__(self, h, xs, shared):
@@ -191,11 +177,10 @@ class DecoderLayer(nn.Module):
         lora, is_sliding, cache_kv = xs["lora"], xs["sliding"], xs.get("cache")
         if lora is not None:
             lora = {**lora, "scale": shared["lora_scale"], "dropout": self.lora_dropout}
-        mask = jnp.where(is_sliding, shared["mask_sliding"], shared["mask_full"])
         layer_input = h
-        attn_out, new_kv = Attention(cfg, self.dtype, name="self_attn")(
-            norm(name="input_layernorm")(h), shared["positions"], mask, shared["inv_freq"], lora,
-            cache_kv, shared.get("cache_index"))
+        attn_out, new_kv = Attention(cfg, self.dtype, self.kernel, name="self_attn")(
+            norm(name="input_layernorm")(h), shared["positions"], shared["attn"], is_sliding, shared["inv_freq"],
+            lora, cache_kv, shared.get("cache_index"))
         if cfg.sandwich_norms:
             h = h + norm(name="post_attention_layernorm")(attn_out)
             mlp_out = MLP(cfg, self.dtype, name="mlp")(norm(name="pre_feedforward_layernorm")(h), lora)
@@ -257,7 +242,8 @@ class Decoder(nn.Module):
             shared["cache_index"] = cache.index
         else:
             k_pos, k_seg = positions, segment_ids
-        shared["mask_full"], shared["mask_sliding"] = attention_masks(cfg, positions, segment_ids, k_pos, k_seg)
+        kernel = attention.resolve(cfg, self.dtype, t, k_pos.shape[1], b, cached=cache is not None)
+        shared["attn"] = attention.prepare(kernel, cfg, positions, segment_ids, k_pos, k_seg)
 
         layer = DecoderLayer
         if self.remat != "none":
@@ -268,7 +254,7 @@ class Decoder(nn.Module):
         unroll = cfg.num_layers if cfg.num_layers <= UNROLL_MAX_LAYERS else 1
         layers = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                          in_axes=(0, nn.broadcast), length=cfg.num_layers, unroll=unroll)
-        h, ys = layers(cfg, self.dtype, return_hidden, self.lora_dropout, name="layers")(x, xs, shared)
+        h, ys = layers(cfg, self.dtype, return_hidden, self.lora_dropout, kernel, name="layers")(x, xs, shared)
 
         h = RMSNorm(cfg.rms_norm_eps, cfg.norm_weight_offset, name="norm")(h)
         h_out = h if logits_at is None else jnp.take_along_axis(h, logits_at.astype(jnp.int32)[..., None], axis=1)
@@ -291,8 +277,8 @@ class Decoder(nn.Module):
 
 def init_params(cfg: ModelConfig, rng, dtype=jnp.float32):
     """Random parameters (float32 master copy) for ``cfg``; use under ``jax.eval_shape`` to get shapes only."""
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    return Decoder(cfg, dtype).init(rng, tokens)["params"]
+    tokens = jnp.zeros((1, 1), jnp.int32)  # the parameters do not depend on the attention kernel
+    return Decoder(cfg.replace(attention="xla"), dtype).init(rng, tokens)["params"]
 
 
 def forward(params, cfg: ModelConfig, tokens, **kw):

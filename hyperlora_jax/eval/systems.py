@@ -248,6 +248,7 @@ def load_t2l(config, checkpoint: Optional[str] = None, step: Optional[int] = Non
         if enc_dir and not os.path.isabs(enc_dir) and not os.path.isdir(enc_dir):
             enc_dir = os.path.join(path, enc_dir)
         base_cfg, base_params = load_model(model_dir, dtype=jnp.dtype(config.model.get("param_dtype", "float32")))
+        base_cfg = base_cfg.with_run_options(config.model)
         check_fits_base(hcfg, base_cfg, model_dir)
         tok = AutoTokenizer.from_pretrained(config.model.get("tokenizer_dir") or model_dir, local_files_only=True)
         return T2LSystem(params, hcfg, scale, base_params, base_cfg, tok, enc_dir,

@@ -75,6 +75,7 @@ class D2LMethod:
         base_dir = mc.base_model or _toy_base_dir()
         self.base_dir = base_dir
         self.base_cfg, base = load_model(base_dir)
+        self.base_cfg = self.base_cfg.with_run_options(mc)
         self.base_params = jax.device_put(base, param_shardings(base, mesh))
         self.tok = load_tokenizer(base_dir)
         self.affixes = template_affixes(self.tok)

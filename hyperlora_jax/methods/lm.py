@@ -61,6 +61,7 @@ class LMMethod:
             self.model_cfg, self._init_params = load_model(mc.init_from)
         else:
             self.model_cfg, self._init_params = ModelConfig.from_hf_dict(dict(mc.hf_config)), None
+        self.model_cfg = self.model_cfg.with_run_options(mc)
         self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
         self.tokenizer_dir = config.data.get("tokenizer", "")
         import hyperlora_jax.methods.toy_strings  # noqa: F401  (registers the 'toy_strings' source)

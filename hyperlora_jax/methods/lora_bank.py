@@ -42,7 +42,7 @@ class LoRABankMethod:
         self.config, self.mesh = config, mesh
         lc = config.lora
         self.model_dir = config.model.model_dir
-        self.model_cfg = ModelConfig.from_pretrained(self.model_dir)
+        self.model_cfg = ModelConfig.from_pretrained(self.model_dir).with_run_options(config.model)
         self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
         tok = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         self.tok = tok

@@ -236,7 +236,7 @@ class T2LMethod:
         self.scale = tc.get("scale", "rslora")
         self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
         self.model_dir = config.model.model_dir
-        self.model_cfg = ModelConfig.from_pretrained(self.model_dir)
+        self.model_cfg = ModelConfig.from_pretrained(self.model_dir).with_run_options(config.model)
         self.sft_cfg, self.recon_cfg = config.get("sft", None), config.get("recon", None)
         if self.mode == "sft":
             from transformers import AutoTokenizer
