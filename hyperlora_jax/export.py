@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns about read-only managers on stderr
     r = export(args.workdir, args.out, step=args.step, overwrite=args.overwrite)
     reader = "internalize --d2l" if r["method"] == "d2l" else "generate_lora --t2l"
     print(f"exported the {r['method']} hypernetwork of {r['workdir']} (step {r['step']}) -> {args.out} "
