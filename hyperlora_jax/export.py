@@ -2,8 +2,9 @@
 
     python -m hyperlora_jax.export --workdir W --out DIR [--step N] [--overwrite]
 
-W is a ``python -m hyperlora_jax.train`` workdir of a ``d2l`` or ``t2l`` run: its Orbax ``checkpoints/`` (or
-``W/checkpoints_best``) and the ``config.json`` the trainer saves beside them (:mod:`hyperlora_jax.run_config`).
+W is a ``python -m hyperlora_jax.train`` workdir of a ``d2l`` or ``t2l`` run (or its ``checkpoints/`` or
+``checkpoints_best/`` directory): its Orbax checkpoints and the ``config.json`` the trainer saves beside them
+(:mod:`hyperlora_jax.run_config`).
 The method comes from the checkpoint's fingerprint; the run's config rebuilds the hypernetwork, its base model and
 (T2L) its encoder; the trainable parameters of step N (default: the newest) are restored read-only after the
 fingerprint check. DIR then holds ``config.json`` + ``params.safetensors``, which ``internalize`` (D2L),
@@ -111,7 +112,7 @@ def export(workdir: str, out: str, *, step: int | None = None, overwrite: bool =
                           f"(generate_lora applies no reconstruction statistics)")
     mesh = make_mesh({"data": -1})
     method = get_method(method_name)(config, mesh)
-    params, step = restore_trainable(method, config, root, step)
+    params, step = restore_trainable(method, config, ckdir, step)
     params = jax.device_get(params)
     source = {"kind": "training workdir", "workdir": os.path.abspath(root), "step": step,
               "checkpoints": os.path.abspath(ckdir), "exporter": "hyperlora_jax.export"}

@@ -127,7 +127,8 @@ def test_d2l_export_internalize_generate(d2l_run, tmp_path, capsys):
 def test_d2l_export_step_and_overwrite(d2l_run, tmp_path, capsys):
     root, _, _ = d2l_run
     wd, out = str(root / "wd"), str(tmp_path / "d2l_step1")
-    assert export.main(["--workdir", wd, "--out", out, "--step", "1"]) == 0
+    # the workdir's checkpoints/ directory names the same run
+    assert export.main(["--workdir", os.path.join(wd, "checkpoints"), "--out", out, "--step", "1"]) == 0
     assert json.loads(open(os.path.join(out, "config.json")).read())["source"]["step"] == 1
     step1 = _tree(out)
     assert export.main(["--workdir", wd, "--out", out]) == 2  # non-empty --out
