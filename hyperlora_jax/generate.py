@@ -3,8 +3,11 @@
   python -m hyperlora_jax.generate [--model DIR] [--lora PEFT_DIR] --prompt TEXT [--chat] [--max-new-tokens N]
       [--temperature T] [--top-p P] [--seed S] [--dtype float32|bfloat16]
 
-Without --model the embedded tiny model is used. --chat wraps the prompt as a user turn with the tokenizer's chat
-template. Prints the generated text; the last line is a JSON object with the prompt and new token ids.
+Without --model the base model the --lora adapter records (adapter_config.json base_model_name_or_path) is used,
+else the embedded tiny model; with both, the adapter's recorded base model must be --model. --chat wraps the prompt
+as a user turn with the tokenizer's chat template. The prompt plus --max-new-tokens must fit the model's window
+(max_position_embeddings); --temperature is finite and >= 0, --top-p in (0, 1]. Prints the generated text; the last
+line is a JSON object with the prompt and new token ids. Errors: one line on stderr, exit status 2.
 """
 from __future__ import annotations
 
@@ -32,24 +35,19 @@ def main(argv=None):
         raise cli.UsageError("--prompt is empty")
     if args.max_new_tokens < 1:
         raise cli.UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise cli.UsageError("--temperature must be >= 0 and --top-p in (0, 1]")
+    cli.check_sampling(args.temperature, args.top_p)
+    model_dir = cli.model_for_lora(args.model, args.lora)
     import jax.numpy as jnp
 
     from hyperlora_jax.generation import generate
 
-    cfg, params, tok, tok_err = cli.load_model_and_tokenizer(args.model, args.dtype)
+    cfg, params, tok, tok_err = cli.load_model_and_tokenizer(model_dir, args.dtype)
     tok = cli.need_tokenizer(tok, tok_err)
-    adapter = cli.load_lora(args.lora, cfg)
-    if args.chat:
-        ids = tok.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True,
-                                      tokenize=True, return_dict=False)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-    else:
-        ids = tok(args.prompt)["input_ids"]
+    ids = cli.prompt_ids(tok, args.prompt, args.chat)
     if not ids:
         raise cli.UsageError("--prompt tokenizes to no tokens")
+    cli.check_window(cfg, len(ids), args.max_new_tokens, extra_flag="--max-new-tokens")
+    adapter = cli.load_lora(args.lora, cfg)
     stop = list(cfg.eos_token_ids)
     if tok.eos_token_id is not None and tok.eos_token_id not in stop:
         stop.append(tok.eos_token_id)

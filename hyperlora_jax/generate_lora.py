@@ -10,17 +10,21 @@ as a PEFT directory: ``--out`` itself for one description, ``--out/0``, ``--out/
 Each PEFT directory holds ``adapter_config.json`` (``use_rslora: false`` and ``lora_alpha = scale * r``, so PEFT and
 every vLLM version apply exactly the chosen scale; the convention is recorded under the ``hyperlora_jax`` key),
 ``adapter_model.safetensors`` (float32, PEFT key names) and a copy of the base model's ``config.json`` (vLLM's LoRA
-loader wants it). Scales: ``rslora`` = alpha/sqrt(r) (as trained, PEFT); ``alpha_over_r`` = alpha/r (what the
-published vLLM 0.5.4 evaluations applied).
+loader wants it). Scales: ``rslora`` = alpha/sqrt(r) (as the reference trains, PEFT); ``alpha_over_r`` = alpha/r
+(what the published vLLM 0.5.4 evaluations applied). Default: the scale the checkpoint records it was trained with
+(``lora_scale``, written by ``python -m hyperlora_jax.export``), else ``rslora``; ``--scale`` overrides it.
 
 ``--encoder`` / ``--model`` override the encoder / base-model directories recorded in the converted checkpoint
 (``emb_model`` / ``model_dir``); recorded relative paths are resolved against the working directory, then the
-checkpoint directory. Everything is written into a temporary sibling directory and renamed into place: nothing is
-half-written. Errors print one line on stderr and exit with status 2.
+checkpoint directory; the encoder pools as the checkpoint records (``encoder_pooling``), else as its directory says.
+Everything is written into a temporary sibling directory and renamed into place: nothing is half-written; an
+``--out`` that is (or contains) the checkpoint, encoder or base-model directory is refused, ``--overwrite`` or not.
+Errors print one line on stderr and exit with status 2.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -136,27 +140,32 @@ def write_peft_dirs(adapter, out: str, *, base_model_dir: str | None, metadata: 
 
 
 def generate_lora(t2l_dir: str, descriptions: Sequence[str], out: str, *, encoder: str | None = None,
-                  model: str | None = None, scale: str = "rslora", overwrite: bool = False,
+                  model: str | None = None, scale: str | None = None, overwrite: bool = False,
                   log=None) -> list[str]:
-    """The whole command as a function: returns the written PEFT directories. Raises ValueError/OSError."""
+    """The whole command as a function: returns the written PEFT directories. Raises ValueError/OSError.
+    ``scale`` None = the checkpoint's recorded ``lora_scale``, else 'rslora'."""
     from hyperlora_jax.config import ModelConfig
     from hyperlora_jax.t2l import checkpoint
     from hyperlora_jax.t2l.hypernet import SCALES, generate_adapters
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     descriptions = check_descriptions(descriptions)
-    if scale not in SCALES:
+    if scale is not None and scale not in SCALES:
         raise GenerateError(f"unknown --scale {scale!r} (choose from {', '.join(SCALES)})")
+    cli.check_out_vs_sources(out, [("T2L checkpoint", t2l_dir), ("base model directory", model),
+                                   ("encoder directory", encoder)])
     check_out_dir(out, overwrite)
     if not os.path.isdir(t2l_dir):
         raise GenerateError(f"--t2l {t2l_dir} is not a directory")
     params, cfg, config = checkpoint.load(t2l_dir)
-    model_dir = resolve_dir(model or config.get("model_dir"), "base model", "--model", t2l_dir)
+    scale = scale or config.get("lora_scale") or "rslora"
+    model_dir = os.path.abspath(resolve_dir(model or config.get("model_dir"), "base model", "--model", t2l_dir))
     encoder_dir = resolve_dir(encoder or config.get("emb_model"), "encoder", "--encoder", t2l_dir)
+    cli.check_out_vs_sources(out, [("base model directory", model_dir), ("encoder directory", encoder_dir)])
     base_cfg = ModelConfig.from_pretrained(model_dir)
     check_fits_base(cfg, base_cfg, model_dir)
 
-    emb, msgs = embed_descriptions(encoder_dir, descriptions)
+    emb, msgs = embed_descriptions(encoder_dir, descriptions, pooling=config.get("encoder_pooling"))
     for m in msgs:
         log(f"warning: {' '.join(m.split())}")
     if emb.shape[1] != cfg.task_emb_size:
@@ -166,8 +175,8 @@ def generate_lora(t2l_dir: str, descriptions: Sequence[str], out: str, *, encode
     adapter = generate_adapters(params, cfg, jnp.asarray(emb), scale)  # one jitted call for all descriptions
     base = {"generator": "hyperlora_jax.generate_lora", "t2l_variant": cfg.variant,
             "t2l_checkpoint": os.path.basename(os.path.normpath(t2l_dir)),
-            "scale_convention": scale, "scale": cfg.scale(scale),
-            "trained_lora_alpha": cfg.lora_alpha, "trained_r": cfg.r, "trained_use_rslora": True,
+            "scale_convention": scale, "scale": cfg.scale(scale), "trained_scale": config.get("lora_scale"),
+            "trained_lora_alpha": cfg.lora_alpha, "trained_r": cfg.r,
             "type_embedding_order": list(cfg.target_modules)}
     meta = [{**base, "description": d, "description_index": i} for i, d in enumerate(descriptions)]
     return write_peft_dirs(adapter, out, base_model_dir=model_dir, metadata=meta, overwrite=overwrite)
@@ -183,9 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (one adapter) or parent of 0/, 1/, ...")
     p.add_argument("--encoder", default=None, help="task-description encoder directory (overrides the checkpoint)")
     p.add_argument("--model", default=None, help="base model directory (overrides the checkpoint)")
-    p.add_argument("--scale", default="rslora", choices=["rslora", "alpha_over_r"],
-                   help="LoRA scale: rslora = alpha/sqrt(r) (as trained, PEFT); alpha_over_r = alpha/r "
-                        "(the published vLLM 0.5.4 evaluations)")
+    p.add_argument("--scale", default=None, choices=["rslora", "alpha_over_r"],
+                   help="LoRA scale: rslora = alpha/sqrt(r) (the reference's training, PEFT); alpha_over_r = "
+                        "alpha/r (the published vLLM 0.5.4 evaluations); default: the scale the checkpoint "
+                        "records it was trained with, else rslora")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return p
 
@@ -194,7 +204,9 @@ def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     dirs = generate_lora(args.t2l, args.description, args.out, encoder=args.encoder, model=args.model,
                          scale=args.scale, overwrite=args.overwrite)
-    print(f"wrote {len(dirs)} adapter{'s' if len(dirs) > 1 else ''} ({args.scale}) -> {args.out}")
+    with open(os.path.join(dirs[0], PEFT_CONFIG), encoding="utf-8") as f:
+        used = json.load(f)["hyperlora_jax"]["scale_convention"]
+    print(f"wrote {len(dirs)} adapter{'s' if len(dirs) > 1 else ''} ({used}) -> {args.out}")
     return 0
 
 

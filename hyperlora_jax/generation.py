@@ -106,6 +106,10 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, adap
         raise ValueError("no prompts given")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:  # also false for nan
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if adapter is not None and adapter.batch_size != len(prompts):
         raise ValueError(f"adapter has {adapter.batch_size} rows for {len(prompts)} prompts")
     stop = list(cfg.eos_token_ids if stop_tokens is None else stop_tokens)

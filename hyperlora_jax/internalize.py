@@ -3,14 +3,15 @@
     python -m hyperlora_jax.internalize --d2l D2L_DIR --document FILE --out OUT_DIR
                                         [--model BASE_DIR] [--chunk-tokens N] [--overwrite]
 
-D2L_DIR is a project D2L checkpoint (``python -m hyperlora_jax.convert d2l``). The document (UTF-8 text) is
-chat-templated, split into K chunks of about N tokens (default: the checkpoint's chunk length, else the base
-model's max_position_embeddings), and turned into one adapter of rank (K+1)·r: the K chunk blocks in order, then the
+D2L_DIR is a project D2L checkpoint (``python -m hyperlora_jax.convert d2l`` or ``python -m hyperlora_jax.export``).
+The document (UTF-8 text) is chat-templated, split into K chunks of about N tokens (default: the checkpoint's chunk
+length, else the base model's max_position_embeddings; N may not exceed either, the window counted with the chunk's
+template tokens), and turned into one adapter of rank (K+1)·r: the K chunk blocks in order, then the
 learned bias block. PEFT's scaling lora_alpha / R is made equal to D2L's α (applied directly), i.e. the written
 ``lora_alpha`` is α·(K+1)·r with ``use_rslora: false``. ``--model`` overrides the recorded base-model path.
 
-An existing non-empty OUT_DIR is refused unless ``--overwrite``; the output is written atomically (never half
-written). Every error prints one line on stderr and exits with status 2.
+An existing non-empty OUT_DIR is refused unless ``--overwrite``; an OUT_DIR that is (or contains) the checkpoint,
+the document or the base model is always refused; the output is written atomically (never half written). Every error prints one line on stderr and exits with status 2.
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def run(args) -> str:
     from hyperlora_jax.peft_io import export_peft, prepare_out_dir
 
     try:  # cheap checks first: nothing is loaded or written for a bad --out or document
+        cli.check_out_vs_sources(args.out, [("D2L checkpoint", args.d2l), ("document", args.document),
+                                            ("base model directory", args.model)])
         prepare_out_dir(args.out, args.overwrite)
     except FileExistsError as e:
         raise InternalizeError(str(e)) from None
@@ -65,7 +68,17 @@ def run(args) -> str:
         raise InternalizeError(f"document {args.document!r} is empty")
     if args.chunk_tokens is not None and args.chunk_tokens < 1:
         raise InternalizeError(f"--chunk-tokens must be positive, got {args.chunk_tokens}")
-    d2l = DocToLoRA.from_pretrained(args.d2l, args.model, chunk_tokens=args.chunk_tokens)
+    d2l = DocToLoRA.from_pretrained(args.d2l, args.model)
+    cli.check_out_vs_sources(args.out, [("base model directory", d2l.base_model_dir)])
+    if args.chunk_tokens is not None:
+        window, n_affix = d2l.base_cfg.max_position_embeddings, len(d2l.affixes)
+        limit = min(d2l.chunk_tokens, window - n_affix)
+        if args.chunk_tokens > limit:
+            raise InternalizeError(
+                f"--chunk-tokens {args.chunk_tokens} is more than this hypernetwork reads in one chunk ({limit}: "
+                f"its chunk length {d2l.chunk_tokens}, the base model's window {window} less {n_affix} template "
+                f"tokens)")
+        d2l.chunk_tokens = args.chunk_tokens
     adapter = d2l.make_adapter(text)
     k = int(d2l.last_batch.n_ctx_chunks[0])
     meta = {"method": "d2l", "d2l_checkpoint": os.path.abspath(args.d2l), "document": os.path.abspath(args.document),

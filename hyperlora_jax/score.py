@@ -1,9 +1,13 @@
 """Score a continuation: the log-prob of each of its tokens given everything before it.
 
-  python -m hyperlora_jax.score [--model DIR] [--lora PEFT_DIR] (--prompt TEXT --continuation TEXT |
+  python -m hyperlora_jax.score [--model DIR] [--lora PEFT_DIR] (--prompt TEXT [--chat] --continuation TEXT |
       --prompt-ids 1,2,3 --continuation-ids 4,5) [--dtype float32|bfloat16]
 
-Text is tokenized as ``tokenizer(prompt)`` followed by ``tokenizer(continuation, add_special_tokens=False)``.
+Text is tokenized as ``tokenizer(prompt)`` followed by ``tokenizer(continuation, add_special_tokens=False)``;
+with --chat the prompt is one user turn through the tokenizer's chat template plus the generation prompt (as
+``generate --chat``), so the continuation is scored as the assistant's answer. Base model: as ``generate`` (the
+--lora adapter's recorded base model when --model is absent; a mismatch is an error). Prompt plus continuation must
+fit the model's window.
 The last line of standard output is one JSON object: {"tokens": [...], "logprobs": [...], "sum": ...}.
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ def parse(argv=None):
     p = argparse.ArgumentParser(prog="python -m hyperlora_jax.score", description=__doc__.splitlines()[0])
     cli.add_model_args(p)
     p.add_argument("--prompt")
+    p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template to --prompt")
     p.add_argument("--continuation")
     p.add_argument("--prompt-ids")
     p.add_argument("--continuation-ids")
@@ -47,6 +52,8 @@ def main(argv=None):
     if ids_mode:
         if args.prompt_ids is None or args.continuation_ids is None:
             raise cli.UsageError("--prompt-ids and --continuation-ids go together")
+        if args.chat:
+            raise cli.UsageError("--chat applies to --prompt text, not to --prompt-ids")
         prompt, cont = _ids(args.prompt_ids, "--prompt-ids"), _ids(args.continuation_ids, "--continuation-ids")
     else:
         if args.prompt is None or args.continuation is None:
@@ -55,16 +62,18 @@ def main(argv=None):
             raise cli.UsageError("--prompt is empty")
         if not args.continuation:
             raise cli.UsageError("--continuation is empty")
-    cfg, params, tok, tok_err = cli.load_model_and_tokenizer(args.model, args.dtype)
+    model_dir = cli.model_for_lora(args.model, args.lora)
+    cfg, params, tok, tok_err = cli.load_model_and_tokenizer(model_dir, args.dtype)
     if not ids_mode:
         tok = cli.need_tokenizer(tok, tok_err)
-        prompt = list(tok(args.prompt)["input_ids"])
+        prompt = cli.prompt_ids(tok, args.prompt, args.chat)
         cont = list(tok(args.continuation, add_special_tokens=False)["input_ids"])
         if not prompt or not cont:
             raise cli.UsageError(f"--{'prompt' if not prompt else 'continuation'} tokenizes to no tokens")
     bad = [t for t in prompt + cont if not 0 <= t < cfg.vocab_size]
     if bad:
         raise cli.UsageError(f"token ids out of range [0, {cfg.vocab_size}): {bad[:5]}")
+    cli.check_window(cfg, len(prompt) + len(cont), what="the prompt plus the continuation")
     adapter = cli.load_lora(args.lora, cfg)
     lp = score(params, cfg, [prompt], [cont], adapter=adapter, dtype=jnp.dtype(args.dtype))[0]
     logprobs = [float(x) for x in lp]

@@ -199,6 +199,9 @@ def run(config, workdir: str) -> dict:
             log.info("trainable parameters from %s (its step %d); fresh optimizer, step 0", config.init_from,
                      src_step)
     start = int(state["step"])
+    if is_main:  # after the fingerprint check: what `python -m hyperlora_jax.export` rebuilds the method from
+        from hyperlora_jax.run_config import save_run_config
+        save_run_config(workdir, config)
 
     # ----- the loop --------------------------------------------------------------------------------------------
     writer = EventWriter(os.path.join(workdir, "tensorboard")) if is_main else None

@@ -15,7 +15,10 @@ training process used, so the file can be wrong; ``module_order=`` overrides it 
 
 Project format (a directory):
   config.json          {"format": "hyperlora_jax.t2l", "format_version": 1, "hypernet": T2LConfig fields,
-                        "emb_model", "model_dir", "lora_alpha", "r", "target_modules", "source": {...}}
+                        "emb_model", "model_dir", "lora_alpha", "r", "target_modules", "source": {...},
+                        optional "lora_scale": the scale convention the hypernetwork was trained with
+                        ("rslora" | "alpha_over_r"; written by ``export``; absent = "rslora", the reference's),
+                        "encoder_pooling", "system_turn"}
   params.safetensors   float32 parameters, keys = flattened Flax param paths joined with '/'.
 Written into a temporary sibling directory that is renamed into place (never half-written).
 """
@@ -271,6 +274,8 @@ def save(dst: str, params, cfg: T2LConfig, meta: Mapping[str, Any] | None = None
     flat = {"/".join(k): np.asarray(v, np.float32) for k, v in flatten_dict(dict(params)).items()}
     _check_flat(flat, shapes, "params")
     meta = dict(meta or {})
+    if meta.get("lora_scale") is not None:
+        cfg.scale(meta["lora_scale"])  # validates the convention's name
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "hypernet": cfg.to_dict(),
         "emb_model": meta.pop("emb_model", None), "model_dir": meta.pop("model_dir", None),
@@ -314,6 +319,8 @@ def load(path: str) -> tuple[dict, T2LConfig, dict]:
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{cfg_path}: format_version {config.get('format_version')!r} is not supported")
     cfg = T2LConfig.from_dict(config["hypernet"])
+    if config.get("lora_scale") is not None:
+        cfg.scale(config["lora_scale"])  # an unknown recorded convention is an error, not a silent default
     flat = safetensors_io.load_file(os.path.join(path, PARAMS_FILE))
     _check_flat(flat, _flat_shapes(cfg), os.path.join(path, PARAMS_FILE))
     params = unflatten_dict({tuple(k.split("/")): jnp.asarray(v, jnp.float32) for k, v in flat.items()})

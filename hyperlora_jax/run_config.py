@@ -1,0 +1,69 @@
+"""The configuration of a training run, saved beside its checkpoints: ``WORKDIR/config.json``.
+
+The trainer writes it (process 0, atomically: temp file then ``os.replace``) each time a run starts or resumes, so
+it always describes the run that wrote the newest checkpoints. ``python -m hyperlora_jax.export`` reads it to
+rebuild the method (hypernetwork config, base model, encoder) without the ``--config`` flags of the run.
+
+Format: ``{"format": "hyperlora_jax.train_config", "format_version": 1, "config": <the ConfigDict as JSON>}``.
+JSON has no tuples: every list is read back as a tuple (the configs use tuples for sequences).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+FORMAT = "hyperlora_jax.train_config"
+FORMAT_VERSION = 1
+FILE = "config.json"
+
+
+class RunConfigError(ValueError):
+    """A workdir's config.json that is missing or unreadable (one message)."""
+
+
+def save_run_config(workdir: str, config) -> str:
+    """Writes ``config`` (an ml_collections ConfigDict) to ``workdir/config.json`` atomically; returns the path."""
+    body = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.loads(config.to_json_best_effort())}
+    path = os.path.join(workdir, FILE)
+    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=f".{FILE}.tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(body, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _tuples(x):
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    return x
+
+
+def load_run_config(workdir: str):
+    """The ConfigDict saved in ``workdir/config.json`` (RunConfigError when absent or not this format)."""
+    import ml_collections
+
+    path = os.path.join(workdir, FILE)
+    if not os.path.isfile(path):
+        raise RunConfigError(
+            f"{workdir!r} has no {FILE} (runs started before the trainer saved its config do not have it): rerun "
+            f"the same `python -m hyperlora_jax.train --config=... --workdir={workdir}` command with "
+            f"--config.num_train_steps=<its last step> to write it (resumes, trains no further step)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            body = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunConfigError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(body, dict) or body.get("format") != FORMAT or not isinstance(body.get("config"), dict):
+        raise RunConfigError(f"{path} is not a hyperlora_jax training config (format {FORMAT!r})")
+    if body.get("format_version") != FORMAT_VERSION:
+        raise RunConfigError(f"{path}: format_version {body.get('format_version')!r} is not supported")
+    return ml_collections.ConfigDict(_tuples(body["config"]))
