@@ -61,8 +61,7 @@ def _loss_and_grads(m, base, hyper, batch):
     return float(loss), aux, g
 
 
-@pytest.mark.parametrize("encoder,kind", [("per_layer_activations", "kd"), ("early_exit", "ce"),
-                                          ("per_layer_activations", "ce")])
+@pytest.mark.parametrize("encoder,kind", [("per_layer_activations", "kd"), ("early_exit", "ce")])
 def test_packed_batch_has_the_padded_loss_and_gradients(encoder, kind):
     m, base, hyper = _method(encoder, kind)
     exs = _examples(6, kind == "kd")
