@@ -14,6 +14,8 @@ Objectives (``loss.kind``):
 Both objectives read the logits only at the R positions that predict response tokens (``student_idx`` /
 ``teacher_idx`` [B, R], ``resp_valid``; from the data sources): the LM head runs on R rows instead of every
 position (at gemma-2's 256k vocabulary a 2048-token row's float32 logits alone are 2.1 GB).
+Packed batches (``data.pack_docs`` D > 0, ``methods/d2l_pack.py``): the same examples, D documents per context-encoder
+and teacher row (segment ids; exact), student rows cut to the batch's longest QA; ``batch_size`` stays in documents.
 Reductions: mean over each response's tokens, then mean over documents (one response per document here, which is
 the reference's per-context averaging with ``max_qas_per_sample = 1``). Plus ``loss.l1_coef`` × the reference's L1
 on the combined adapters (mean over modules of mean |A| + mean |B|, bias block and padding included).
@@ -94,6 +96,16 @@ class D2LMethod:
         if config.data.get("batch_chunk_count", False) and config.data.source not in BATCH_CHUNK_COUNT_SOURCES:
             raise ValueError(f"data.batch_chunk_count is not supported by data source {config.data.source!r} "
                              f"(supported: {', '.join(sorted(BATCH_CHUNK_COUNT_SOURCES))})")
+        docs = int(config.data.get("pack_docs", 0))
+        if docs:
+            if config.data.get("batch_chunk_count", False):
+                raise ValueError("data.pack_docs and data.batch_chunk_count cannot be combined (packing already "
+                                 "sizes each batch to its documents)")
+            accum = int(config.get("grad_accum_steps", 1))
+            if docs < 0 or config.batch_size % (docs * accum * jax.process_count()):
+                raise ValueError(f"batch_size {config.batch_size} must be a multiple of data.pack_docs {docs} x "
+                                 f"grad_accum_steps {accum} x {jax.process_count()} processes (every micro-batch "
+                                 "holds whole packed rows)")
         if config.data.source not in SOURCES:
             raise ValueError(f"unknown d2l data source {config.data.source!r} (known: {', '.join(sorted(SOURCES))})")
         self.example, self.size = SOURCES[config.data.source](self, config.data, config.seed)
