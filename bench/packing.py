@@ -1,12 +1,12 @@
 """D2L training step, padded vs packed batches (``data.pack_docs``), on a SQuAD-like length distribution:
 examples (documents) per second of each and the useful-token fraction of each layout, in one run.
 
-    python bench/packing.py [--smoke] [--batch 16] [--pack-docs 8] [--chunk 1024] [--query 256] [--steps 4]
-                            [--base small] [--out FILE]
+    python bench/packing.py [--smoke] [--batch 8] [--pack-docs 4] [--chunk 512] [--query 256] [--accum 1]
+                            [--steps 4] [--batches 2] [--base small] [--hyper small] [--out FILE]
 
 The step is the trainer's (``train.make_train_step`` around ``D2LMethod.loss`` with the stage-1 objective: context
 distillation against the frozen base model with the document in context, top-16, L1 0.1; NEFTune off, so the two layouts' losses can be compared; AdamW), float32,
-``chunk_group`` 1 (the presets' streaming), grad-accum 1. Shapes: the stage-1 presets' padded rows scaled down for
+``chunk_group`` 1 (the presets' streaming), grad-accum ``--accum``. Shapes: the stage-1 presets' padded rows scaled down for
 CPU — one chunk of ``--chunk`` tokens per document (stage 1: 4096), student rows of ``--query`` tokens (2048), teacher
 rows of chunk + query + 16 (the preset's ``teacher_len`` default) — on the bench's "small" llama base (hidden 256, 8
 layers, vocab 32000) with the "small" hypernetwork (latent 256, 8 latents, 2 blocks), r 8 on down_proj.
@@ -28,6 +28,7 @@ import os
 import sys
 import time
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA:CPU warns once per buffer over its 16 MiB heaps
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
 
@@ -88,7 +89,7 @@ def setup(a):
     from hyperlora_jax.optim import make_optimizer
     from hyperlora_jax.train import make_train_step, step_compiler_options
 
-    bc = C.model_config(a.base)
+    bc = C.real_config(a.base) if a.base in C.REAL_MODELS else C.model_config(a.base)
     hc = C.hyper_config(bc, a.hyper, r=8)
     cfg = ml_collections.ConfigDict(dict(
         model=dict(chunk_group=1, remat_chunks=False, scaler_b_init=1.0), data=dict(max_chunks=1),
@@ -101,20 +102,22 @@ def setup(a):
     tx = make_optimizer(cfg, method.decay_mask)
     state = {"step": jnp.zeros((), jnp.int32), "params": hyper, "opt_state": tx.init(hyper),
              "rng": jax.random.PRNGKey(2)}
-    step = jax.jit(make_train_step(method, tx, 1), compiler_options=step_compiler_options())
+    step = jax.jit(make_train_step(method, tx, a.accum), compiler_options=step_compiler_options())
     return bc, base, state, step
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny model and shapes (tests)")
-    ap.add_argument("--batch", type=int, default=16, help="documents per step")
-    ap.add_argument("--pack-docs", type=int, default=8, help="documents per packed row (data.pack_docs)")
-    ap.add_argument("--chunk", type=int, default=1024, help="padded context chunk (stage 1: 4096)")
+    ap.add_argument("--batch", type=int, default=8, help="documents per step")
+    ap.add_argument("--pack-docs", type=int, default=4, help="documents per packed row (data.pack_docs)")
+    ap.add_argument("--chunk", type=int, default=512, help="padded context chunk (stage 1: 4096)")
     ap.add_argument("--query", type=int, default=256, help="padded student row (stage 1: 2048)")
+    ap.add_argument("--accum", type=int, default=1, help="grad-accumulation micro-batches per step")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batches", type=int, default=2)
-    ap.add_argument("--base", default="small")
+    ap.add_argument("--base", default="small", help=f"bench base ({', '.join(C.BASES)}) or a real config "
+                    f"({', '.join(C.REAL_MODELS)}; random weights)")
     ap.add_argument("--hyper", default="small")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
@@ -127,14 +130,14 @@ def main(argv=None):
     import numpy as np
 
     from hyperlora_jax.data.iterators import stack
-    from hyperlora_jax.methods.d2l_pack import _lengths, pack, row_shapes
+    from hyperlora_jax.methods.d2l_pack import example_lengths, pack, row_shapes
 
     bc, base, state, step = setup(a)
     padded, packed = [], []
     for i in range(a.batches):
         exs = make_examples(a.batch, bc.vocab_size, a.chunk, a.query, 8, a.seed + i)
         padded.append(jax.tree_util.tree_map(jax.numpy.asarray, stack(exs)))
-        shapes = row_shapes([[_lengths(e) for e in exs]], a.pack_docs)
+        shapes = row_shapes([[example_lengths(e) for e in exs]], a.pack_docs)
         packed.append(jax.tree_util.tree_map(jax.numpy.asarray, pack(exs, a.pack_docs, shapes)))
 
     def run(batches):
@@ -169,8 +172,40 @@ def main(argv=None):
                         f"query {a.query}, pack_docs {a.pack_docs}"))
     print(f"\npacked / padded examples/s: {ratio:.2f}x; |loss padded - packed| max {loss_diff:.2e} "
           f"(same examples, float32); compile + first steps {compile_s:.1f} s")
+    # the same data at the real stage-1 preset shapes (no step run: token counts only)
+    stage1 = []
+    for name, layout in (("padded", False), ("packed", True)):
+        us = [useful(b) for b in stage1_batches(layout, a.seed)]
+        stage1.append({"layout": name, **{k: float(np.mean([u[k] for u in us])) for k in
+                                          ("useful_ctx", "useful_teacher", "useful_student", "useful_all",
+                                           "row_tokens")}, "shapes": us[0]["shapes"]})
+    print(C.table(stage1, [("layout", "layout", ""), ("useful_ctx", "useful ctx", pct),
+                           ("useful_teacher", "useful teacher", pct), ("useful_student", "useful student", pct),
+                           ("useful_all", "useful all", pct), ("row_tokens", "row tokens/step", ".0f"),
+                           ("shapes", "shapes (first batch)", "")],
+                  title=f"The same length distribution at the gemma2_2b stage-1 preset's shapes (64 documents/step, "
+                        f"chunk {STAGE1['chunk']}, query {STAGE1['query']}, teacher {STAGE1['chunk'] + STAGE1['query'] + 16}, "
+                        f"pack_docs {STAGE1['pack_docs']}): row tokens the step computes"))
     C.write_json("packing", a.out, {"rows": rows, "ratio": ratio, "loss_abs_diff": loss_diff,
-                                    "args": vars(a), "compile_s": compile_s})
+                                    "stage1_shapes": stage1, "args": vars(a), "compile_s": compile_s})
+
+
+STAGE1 = dict(batch=64, pack_docs=8, chunk=4096, query=2048, batches=4)
+
+
+def stage1_batches(packed: bool, seed: int):
+    """Host batches of the gemma2_2b preset's shapes (numpy; for token counts)."""
+    from hyperlora_jax.data.iterators import stack
+    from hyperlora_jax.methods.d2l_pack import example_lengths, pack, row_shapes
+    out = []
+    for i in range(STAGE1["batches"]):
+        exs = make_examples(STAGE1["batch"], 1000, STAGE1["chunk"], STAGE1["query"], 8, seed + 100 + i)
+        if packed:
+            d = STAGE1["pack_docs"]
+            out.append(pack(exs, d, row_shapes([[example_lengths(e) for e in exs]], d)))
+        else:
+            out.append(stack(exs))
+    return out
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from hyperlora_jax.d2l.hypernet import D2LHypernetConfig
 from hyperlora_jax.d2l.perceiver import Perceiver, PerceiverConfig
 from hyperlora_jax.data.iterators import stack
 from hyperlora_jax.methods.d2l import D2LMethod
-from hyperlora_jax.methods.d2l_pack import (PackedBatchIterator, _lengths, assign_rows, bucket, pack,
+from hyperlora_jax.methods.d2l_pack import (PackedBatchIterator, example_lengths, assign_rows, bucket, pack,
                                             random_example, row_shapes)
 from hyperlora_jax.model import init_params as init_base
 
@@ -65,13 +65,13 @@ def _loss_and_grads(m, base, hyper, batch):
 def test_packed_batch_has_the_padded_loss_and_gradients(encoder, kind):
     m, base, hyper = _method(encoder, kind)
     exs = _examples(6, kind == "kd")
-    shapes = row_shapes([[_lengths(e) for e in exs]], 3)
+    shapes = row_shapes([[example_lengths(e) for e in exs]], 3)
     packed = pack(exs, 3, shapes)
     assert packed["ctx_tokens"].shape[0] == 2 and packed["ctx_tokens"].shape[1] < 3 * MAX_CHUNKS * CHUNK_LEN
     # the packed row holds every chunk token once
     assert int((packed["ctx_segment_ids"] > 0).sum()) == sum(int(e["ctx_mask"].sum()) for e in exs)
     # packing reorders documents into rows; the padded reference gets them in the packed order
-    order = [i for row in assign_rows([_lengths(e) for e in exs], 3) for i in row]
+    order = [i for row in assign_rows([example_lengths(e) for e in exs], 3) for i in row]
     loss_p, aux_p, g_p = _loss_and_grads(m, base, hyper, packed)
     loss_u, aux_u, g_u = _loss_and_grads(m, base, hyper, stack([exs[i] for i in order]))
     assert abs(loss_p - loss_u) <= ATOL * max(1.0, abs(loss_u)), (loss_p, loss_u)

@@ -114,12 +114,12 @@ def test_packed_batches_of_real_examples_have_the_padded_loss(world):
     import jax
 
     from hyperlora_jax.data.iterators import stack
-    from hyperlora_jax.methods.d2l_pack import _lengths, assign_rows, pack, row_shapes
+    from hyperlora_jax.methods.d2l_pack import example_lengths, assign_rows, pack, row_shapes
     c = _config(world, "kd", pack_docs=2)
     c.loss.neftune_alpha = 0.0  # NEFTune's noise depends on the row shapes
     m = _method(c)
     exs = [m.example(i) for i in range(4)]
-    lens = [_lengths(e) for e in exs]
+    lens = [example_lengths(e) for e in exs]
     assert sum(len(x["chunks"]) for x in lens) > 4  # some document has several chunks
     packed = pack(exs, 2, row_shapes([lens], 2))
     order = [i for row in assign_rows(lens, 2) for i in row]

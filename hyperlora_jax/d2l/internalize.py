@@ -15,6 +15,9 @@ Under ``grad`` (training) the map keeps every group's residuals for the backward
 modality projection over L·T rows dominates them — unless ``remat_chunks``: then each group's hypernetwork is
 rematerialised in the backward pass from the saved context-encoder features [G, L, T, H] (one more hypernetwork
 forward; the frozen encoder is not re-run), so training memory per chunk is its features, not its activations.
+Training on packed rows (``adapter_from_packed``): several chunks per encoder row (segment ids, positions restarting
+per chunk), the same program with ``D2LHypernet.packed`` as the hypernetwork (each chunk's latents attend only to its
+own segment), and the documents' first chunk rows passed to ``combine_chunks``; same adapters as padded chunk rows.
 The whole computation is one jitted program per (shapes, configs): its XLA ``memory_analysis()`` is the peak
 (see ``lowered``, bench/memory.py and ``bench/device_step.py --compile-only``).
 """

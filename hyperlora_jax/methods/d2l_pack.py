@@ -50,7 +50,7 @@ def bucket(n: int, min_granule: int = MIN_GRANULE) -> int:
     return -(-n // g) * g
 
 
-def _lengths(ex: dict) -> dict:
+def example_lengths(ex: dict) -> dict:
     """Real lengths of one padded example (what packing keeps of it)."""
     m = np.asarray(ex["ctx_mask"])
     k = int(ex["n_chunks"])
@@ -95,7 +95,7 @@ def row_shapes(host_lengths: list, docs_per_row: int) -> dict:
 
 def pack(examples: list, docs_per_row: int, shapes: dict) -> dict:
     """Packed host-local batch (see the module docstring) of padded examples (the sources' dicts)."""
-    lengths = [_lengths(e) for e in examples]
+    lengths = [example_lengths(e) for e in examples]
     rows = assign_rows(lengths, docs_per_row)
     P, D = len(rows), int(docs_per_row)
     C, S, Tq = shapes["ctx_len"], shapes["n_slots"], shapes["query_len"]
@@ -165,7 +165,7 @@ class PackedBatchIterator(IndexedBatchIterator):
             finally:
                 self.process_index = me
             host_examples.append([self.source(i) for i in idx])
-        shapes = row_shapes([[_lengths(e) for e in exs] for exs in host_examples], self.docs_per_row)
+        shapes = row_shapes([[example_lengths(e) for e in exs] for exs in host_examples], self.docs_per_row)
         batch = pack(host_examples[me], self.docs_per_row, shapes)
         self.next_batch += 1
         return batch
