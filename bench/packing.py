@@ -5,9 +5,9 @@ examples (documents) per second of each and the useful-token fraction of each la
                             [--steps 4] [--batches 2] [--base small] [--hyper small] [--out FILE]
 
 The step is the trainer's (``train.make_train_step`` around ``D2LMethod.loss`` with the stage-1 objective: context
-distillation against the frozen base model with the document in context, top-16, L1 0.1; NEFTune off, so the two layouts' losses can be compared; AdamW), float32,
-``chunk_group`` 1 (the presets' streaming), grad-accum ``--accum``. Shapes: the stage-1 presets' padded rows scaled down for
-CPU — one chunk of ``--chunk`` tokens per document (stage 1: 4096), student rows of ``--query`` tokens (2048), teacher
+distillation against the frozen base model with the document in context, top-16, L1 0.1; NEFTune off, so the two
+layouts' losses can be compared; AdamW), float32, ``chunk_group`` 1 (the presets' streaming), grad-accum ``--accum``.
+Shapes: the stage-1 presets' padded rows scaled down for CPU — one chunk of ``--chunk`` tokens per document (stage 1: 4096), student rows of ``--query`` tokens (2048), teacher
 rows of chunk + query + 16 (the preset's ``teacher_len`` default) — on the bench's "small" llama base (hidden 256, 8
 layers, vocab 32000) with the "small" hypernetwork (latent 256, 8 latents, 2 blocks), r 8 on down_proj.
 
@@ -184,7 +184,8 @@ def main(argv=None):
                            ("useful_all", "useful all", pct), ("row_tokens", "row tokens/step", ".0f"),
                            ("shapes", "shapes (first batch)", "")],
                   title=f"The same length distribution at the gemma2_2b stage-1 preset's shapes (64 documents/step, "
-                        f"chunk {STAGE1['chunk']}, query {STAGE1['query']}, teacher {STAGE1['chunk'] + STAGE1['query'] + 16}, "
+                        f"chunk {STAGE1['chunk']}, query {STAGE1['query']}, "
+                        f"teacher {STAGE1['chunk'] + STAGE1['query'] + 16}, "
                         f"pack_docs {STAGE1['pack_docs']}): row tokens the step computes"))
     C.write_json("packing", a.out, {"rows": rows, "ratio": ratio, "loss_abs_diff": loss_diff,
                                     "stage1_shapes": stage1, "args": vars(a), "compile_s": compile_s})

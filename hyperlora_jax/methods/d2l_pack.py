@@ -26,8 +26,8 @@ Documents go to rows longest first, each to the row with the fewest tokens (cont
 slot (LPT), which balances the rows. The row lengths C, Tt, Tq and the chunk slots S are functions of the GLOBAL
 batch — the longest row over every host's rows, rounded up by ``bucket`` — so all hosts build the same shapes
 (every host computes the other hosts' examples for their lengths: the sources are pure functions of the stream
-index; a source's skip counters then also count the other hosts' examples). A new bucket compiles a new step: ``bucket`` rounds up to 8 steps per octave (at most 12.5 % padding per
-row), so a run sees a handful of shapes.
+index; a source's skip counters then also count the other hosts' examples). A new bucket compiles a new step:
+``bucket`` rounds up to 8 steps per octave (at most 12.5 % padding per row), so a run sees a handful of shapes.
 
 Exact: the encoder attends within each chunk and restarts its positions, the Perceiver's latents of a chunk attend
 only to its tokens, the teacher attends within each document, so loss and gradients equal the padded layout's
