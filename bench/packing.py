@@ -7,8 +7,8 @@ examples (documents) per second of each and the useful-token fraction of each la
 The step is the trainer's (``train.make_train_step`` around ``D2LMethod.loss`` with the stage-1 objective: context
 distillation against the frozen base model with the document in context, top-16, L1 0.1; NEFTune off, so the two
 layouts' losses can be compared; AdamW), float32, ``chunk_group`` 1 (the presets' streaming), grad-accum ``--accum``.
-Shapes: the stage-1 presets' padded rows scaled down for CPU — one chunk of ``--chunk`` tokens per document (stage 1: 4096), student rows of ``--query`` tokens (2048), teacher
-rows of chunk + query + 16 (the preset's ``teacher_len`` default) — on the bench's "small" llama base (hidden 256, 8
+Shapes: the stage-1 presets' padded rows scaled down for CPU — one chunk of ``--chunk`` tokens per document (stage
+1: 4096), student rows of ``--query`` tokens (2048), teacher rows of chunk + query + 16 (the preset's ``teacher_len`` default) — on the bench's "small" llama base (hidden 256, 8
 layers, vocab 32000) with the "small" hypernetwork (latent 256, 8 latents, 2 blocks), r 8 on down_proj.
 
 Data (random token ids, realistic lengths; SQuAD v1.1-like, as the reference's squad_compact part of the mixture):
@@ -19,7 +19,9 @@ tokens + a 10..15-token question + a 3..5-token answer + end of turn; the respon
 warm-up); the step time is the median over ``--steps`` rounds of all batches, alternating padded / packed.
 
 Useful tokens: real tokens / row tokens, per side (context encoder, teacher, student) and overall (sum over the three
-sides; the context side counts once although the Perceiver then sees it L times).
+sides; the context side counts once although the Perceiver then sees it L times). A second table gives the same
+fractions at the gemma2_2b stage-1 preset's own shapes (64 documents, chunk 4096, query 2048, pack_docs 8), token
+counts only (no step is run at those sizes on CPU).
 """
 from __future__ import annotations
 
