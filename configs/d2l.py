@@ -41,6 +41,15 @@ Data keys (data.*):
                   runs on these R rows only; a longer response is skipped and counted
   teacher_len     loss.kind 'kd' only: the teacher row length (document in context + the same QA;
                   0 = max_chunks*chunk_tokens + query_len + 16)
+  pack_docs       D > 0: packed batches (methods/d2l_pack.py) — D documents per context-encoder row and per teacher
+                  row (segment ids, exact: same loss and gradients as padded), student rows cut to the batch's
+                  longest QA; row lengths follow the global batch (rounded up, 8 buckets per octave), so
+                  chunk_tokens / query_len / teacher_len only bound single documents. batch_size (documents) must
+                  be a multiple of D x grad_accum_steps x processes. 0 = one padded row per document.
+                  The published presets pack 8 documents per row, 8 rows per step (one per micro-batch): 64 documents
+                  per step (the reference's step is 8 GPUs x 8 accumulation x one pack of <= 4096 context tokens,
+                  i.e. several hundred short documents); the toy preset stays padded (its 64-token chunks and
+                  24-token queries leave little padding, and batch_chunk_count already trims chunk slots).
 """
 import ml_collections
 
@@ -59,7 +68,8 @@ def _common():
     c.data = ml_collections.ConfigDict(dict(source="d2l_qa", chunk_tokens=512, max_chunks=1, chunk_probs=(1.0,),
                                             query_len=2048, min_doc_len=25, curriculum_examples=0,
                                             batch_chunk_count=False, tfds_dir="", tfds_name="", split="train",
-                                            min_chunk_tokens=25, max_response_tokens=256, teacher_len=0))
+                                            min_chunk_tokens=25, max_response_tokens=256, teacher_len=0,
+                                            pack_docs=0))
     c.eval = ml_collections.ConfigDict(dict(lengths=(), n=100, seed=1234, batch_size=8))
     # the references' optimiser: AdamW lr 4e-5, cosine to 1e-7 after 100 warm-up steps, weight decay 0.01
     c.learning_rate, c.warmup_steps, c.schedule, c.end_lr_factor = 4e-5, 100, "cosine", 1e-7 / 4e-5
@@ -93,13 +103,14 @@ def get_config(preset: str = "toy"):
     elif preset in ("gemma2_2b", "mistral_7b", "qwen3_4b"):
         c.model.base_model = {"gemma2_2b": "/path/to/gemma-2-2b-it", "mistral_7b": "/path/to/Mistral-7B-Instruct-v0.2",
                               "qwen3_4b": "/path/to/Qwen3-4B-Instruct-2507"}[preset]
-        c.num_train_steps, c.batch_size, c.grad_accum_steps = 80_000, 8, 8
-        # stage 1 does not chunk: contexts up to the reference's packed context length (4096) are one chunk
-        c.data.chunk_tokens = 4096
+        c.num_train_steps, c.batch_size, c.grad_accum_steps = 80_000, 64, 8
+        # stage 1 does not chunk: contexts up to the reference's packed context length (4096) are one chunk;
+        # packed: 8 documents per row, one row per micro-batch
+        c.data.chunk_tokens, c.data.pack_docs = 4096, 8
     elif preset in ("gemma2_2b_chunked", "mistral_7b_chunked", "qwen3_4b_chunked"):
         c = get_config(preset[:-len("_chunked")])
         c.init_from = "/path/to/stage1_workdir"
-        c.num_train_steps, c.batch_size, c.grad_accum_steps = 20_000, 16, 16
+        c.num_train_steps, c.batch_size, c.grad_accum_steps = 20_000, 128, 16
         c.learning_rate, c.warmup_steps, c.end_lr_factor = 2e-5, 2000, 1e-7 / 2e-5
         c.data.update(dict(chunk_tokens=512, min_chunk_tokens=25, max_chunks=8,
                            chunk_probs=(0.5, 0.125) + (0.0625,) * 6, query_len=512))
@@ -109,7 +120,8 @@ def get_config(preset: str = "toy"):
         c.loss.update(dict(kind="ce", l1_coef=1.5, neftune_alpha=0.0))
         c.data.update(dict(source="niah", max_chunks=8, chunk_probs=(0.5, 0.125) + (0.0625,) * 6,
                            tfds_name="niah/reference", split="train_32_128+train_128_256", query_len=256))
-        c.seed, c.grad_accum_steps, c.batch_size, c.num_train_steps = 1, 16, 16, 20_000
+        c.seed, c.grad_accum_steps, c.batch_size, c.num_train_steps = 1, 16, 128, 20_000
+        c.data.pack_docs = 8
     elif preset == "smollm2":
         # SmolLM2-135M-Instruct (llama: 30 layers, hidden 576, 9 heads / 3 kv heads), converted from its GGUF
         # (python -m hyperlora_jax.convert gguf SmolLM2-135M-Instruct.Q4_1.gguf DIR). Skeleton hyperparameters:

@@ -70,7 +70,8 @@ def _config(world, kind="ce", **data):
                         scaler_b_init=1.0))
     c.loss.update(dict(kind=kind, top_k=4))
     c.data.update(dict(tfds_dir=tfds_dir, tfds_name="d2l_qa/t", split="train", chunk_tokens=40, max_chunks=3,
-                       chunk_probs=(0.5, 0.25, 0.25), query_len=64, max_response_tokens=16, teacher_len=0))
+                       chunk_probs=(0.5, 0.25, 0.25), query_len=64, max_response_tokens=16, teacher_len=0,
+                       pack_docs=0))
     c.data.update(data)
     c.compute_dtype, c.batch_size, c.grad_accum_steps, c.num_train_steps = "float32", 4, 1, 3
     c.learning_rate, c.warmup_steps, c.schedule = 3e-3, 0, "constant"
@@ -95,10 +96,10 @@ def _losses(workdir):
     return [json.loads(l)["loss"] for l in open(os.path.join(workdir, "metrics.jsonl")) if '"loss"' in l]
 
 
-@pytest.mark.parametrize("kind", ["ce", "kd"])
-def test_trains_from_a_prepared_d2l_qa_split(world, tmp_path, kind):
+@pytest.mark.parametrize("kind,pack_docs", [("ce", 0), ("kd", 0), ("kd", 2)])
+def test_trains_from_a_prepared_d2l_qa_split(world, tmp_path, kind, pack_docs):
     from hyperlora_jax.train import run
-    c = _config(world, kind)
+    c = _config(world, kind, pack_docs=pack_docs)
     out = run(c, str(tmp_path))
     losses = _losses(tmp_path)
     assert out["step"] == 3 and len(losses) == 3 and all(np.isfinite(losses)) and 0 < min(losses)
@@ -106,6 +107,28 @@ def test_trains_from_a_prepared_d2l_qa_split(world, tmp_path, kind):
         assert losses[-1] < losses[0]
     else:  # batches differ in chunk counts and teachers: only sane (a top-4 CE of a 256-token random model)
         assert max(losses) < 30
+
+
+def test_packed_batches_of_real_examples_have_the_padded_loss(world):
+    """Real source examples (chunked documents, spliced KD teacher rows): packed 2 per row = padded, float32."""
+    import jax
+
+    from hyperlora_jax.data.iterators import stack
+    from hyperlora_jax.methods.d2l_pack import example_lengths, assign_rows, pack, row_shapes
+    c = _config(world, "kd", pack_docs=2)
+    c.loss.neftune_alpha = 0.0  # NEFTune's noise depends on the row shapes
+    m = _method(c)
+    exs = [m.example(i) for i in range(4)]
+    lens = [example_lengths(e) for e in exs]
+    assert sum(len(x["chunks"]) for x in lens) > 4  # some document has several chunks
+    packed = pack(exs, 2, row_shapes([lens], 2))
+    order = [i for row in assign_rows(lens, 2) for i in row]
+    params = m.init_trainable(jax.random.PRNGKey(0))
+    loss = jax.jit(lambda b: m.loss(params, m.base_params, b, jax.random.PRNGKey(1))[0])
+    lp, lu = float(loss(packed)), float(loss(stack([exs[i] for i in order])))
+    assert abs(lp - lu) <= 2e-5 * max(1.0, abs(lu)), (lp, lu)
+    with pytest.raises(ValueError, match="must be a multiple of data.pack_docs 3"):
+        _method(_config(world, pack_docs=3))
 
 
 def test_examples_chunks_skips_and_exact_resume(world):

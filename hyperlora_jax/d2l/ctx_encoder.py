@@ -54,10 +54,12 @@ def truncate(params, cfg: ModelConfig, num_layers: int):
 
 
 def encode(params, cfg: ModelConfig, ctx_ids, ctx_attn_mask, *, encoder_type: str,
-           layer_idx: Optional[int] = None, dtype=jnp.float32):
-    """Encoder features of right-padded chunks.
+           layer_idx: Optional[int] = None, dtype=jnp.float32, positions=None):
+    """Encoder features of right-padded chunks (or of packed rows).
 
-    params, cfg: the *full* base model (truncated here). ctx_ids, ctx_attn_mask: [K, T].
+    params, cfg: the *full* base model (truncated here). ctx_ids, ctx_attn_mask: [K, T]. Packed rows: pass
+    ``positions`` [K, T] (restarting at 0 per chunk) and the rows' segment ids (chunk s = 1.., 0 = padding) as
+    ctx_attn_mask; tokens attend only within their own chunk, so every token's features equal the unpacked ones.
     Returns [K, L, T, H] (per_layer_activations, L = cfg.num_layers) or [K, T, H] (early_exit), float32.
     Traceable (use inside jit; ``encoder_type`` / ``layer_idx`` must be static). Logits are computed by the shared
     forward but unused, so XLA drops them under jit.
@@ -65,7 +67,8 @@ def encode(params, cfg: ModelConfig, ctx_ids, ctx_attn_mask, *, encoder_type: st
     k = kept_layers(cfg, encoder_type, layer_idx)
     tparams, tcfg = truncate(params, cfg, k)
     b, t = ctx_ids.shape
-    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     mask = jnp.asarray(ctx_attn_mask).astype(jnp.int32)
     out = forward(tparams, tcfg, ctx_ids, positions=positions, segment_ids=mask, dtype=dtype,
                   return_hidden=encoder_type == "per_layer_activations")

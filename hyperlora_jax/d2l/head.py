@@ -184,6 +184,7 @@ def combine_chunks(
     max_chunks: Optional[int] = None,
     chunk_scalers: Optional[jax.Array] = None,
     bias_scaler=None,
+    chunk_offsets=None,
 ) -> Adapter:
     """Combines per-chunk LoRAs into one adapter per document (the reference's ``combine_lora``).
 
@@ -196,6 +197,8 @@ def combine_chunks(
       max_chunks are an error when checkable (concrete input).
     chunk_scalers: [K] multipliers of the chunks' A only (linear effect on ΔW), or None.
     bias_scaler: scalar multiplying both bias_A and bias_B (quadratic effect), default 1.
+    chunk_offsets: [n_docs] first chunk row of each document (default: consecutive, cumsum of n_ctx_chunks); packed
+      rows pass their own (a document's chunks are still consecutive rows, but unused slots lie between documents).
 
     Returns ``Adapter`` with A[m]: [L, n_docs, R, d_in], B[m]: [L, n_docs, R, d_out], scale = lora_alpha
     (applied directly, D2L: 2·r^1.5) for every row. Rank rows of document c: its chunks in order
@@ -219,7 +222,7 @@ def combine_chunks(
     if concrete is not None and int(concrete.sum()) > K:
         raise ValueError(f"combine_chunks: n_ctx_chunks sums to {int(concrete.sum())} > {K} chunk rows")
     slots = max_chunks + 1
-    offsets = jnp.cumsum(n) - n  # first chunk row of each document
+    offsets = jnp.cumsum(n) - n if chunk_offsets is None else jnp.asarray(chunk_offsets, jnp.int32)
     k = jnp.arange(slots)[None, :]
     # source rows: 0..K-1 chunks, K = bias block, K+1 = zeros
     idx = jnp.where(k < n[:, None], offsets[:, None] + k, jnp.where(k == n[:, None], K, K + 1))  # [n_docs, slots]

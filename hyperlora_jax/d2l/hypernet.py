@@ -153,6 +153,21 @@ class D2LHypernet(nn.Module):
     def __call__(self, features, mask=None):
         return self.head(self.aggregate(features, mask))
 
+    def packed(self, features, segment_ids, n_slots: int):
+        """Packed context rows: features [P, L, C, H] (l2l) or [P, C, H] (early exit) of P rows holding up to
+        ``n_slots`` S contexts each (segment_ids [P, C]: s = 1..S, 0 = padding) → per-chunk (A, B) with P·S chunk
+        rows in (row, slot) order, each equal to ``__call__`` on that segment alone (empty slots: garbage rows
+        that the caller does not select)."""
+        c = self.config
+        if c.layer_to_layer:
+            out = self.perceiver(features, segment_ids[:, None, :], n_slots)  # [P, L, S, M·r, d]
+            out = jnp.swapaxes(out, 1, 2)
+        else:
+            out = self.perceiver(features, segment_ids, n_slots)  # [P, S, L·M·r, d]
+        emb = out.reshape(features.shape[0] * n_slots, c.n_layers, c.n_modules, c.r, out.shape[-1])
+        self.sow("intermediates", "aggregator_out", emb)
+        return self.head(emb)
+
     def bias_lora(self):
         return self.head.bias_lora()
 

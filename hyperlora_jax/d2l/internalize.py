@@ -15,6 +15,9 @@ Under ``grad`` (training) the map keeps every group's residuals for the backward
 modality projection over L·T rows dominates them — unless ``remat_chunks``: then each group's hypernetwork is
 rematerialised in the backward pass from the saved context-encoder features [G, L, T, H] (one more hypernetwork
 forward; the frozen encoder is not re-run), so training memory per chunk is its features, not its activations.
+Training on packed rows (``adapter_from_packed``): several chunks per encoder row (segment ids, positions restarting
+per chunk), the same program with ``D2LHypernet.packed`` as the hypernetwork (each chunk's latents attend only to its
+own segment), and the documents' first chunk rows passed to ``combine_chunks``; same adapters as padded chunk rows.
 The whole computation is one jitted program per (shapes, configs): its XLA ``memory_analysis()`` is the peak
 (see ``lowered``, bench/memory.py and ``bench/device_step.py --compile-only``).
 """
@@ -68,32 +71,71 @@ def _chunk_loras(hyper_params, hyper_cfg, base_params, base_cfg, ids, mask, laye
     return D2LHypernet(hyper_cfg).apply({"params": hyper_params}, feats, mask)
 
 
+def _packed_chunk_loras(hyper_params, hyper_cfg, base_params, base_cfg, ids, seg, pos, n_slots, layer_idx, dtype):
+    feats = encode(base_params, base_cfg, ids, seg, encoder_type=hyper_cfg.ctx_encoder_type, layer_idx=layer_idx,
+                   dtype=dtype, positions=pos)
+    feats = checkpoint_name(feats.astype(dtype), FEATURES)
+    return D2LHypernet(hyper_cfg).apply({"params": hyper_params}, feats, seg, n_slots, method=D2LHypernet.packed)
+
+
 def _program(hyper_params, base_params, ctx_ids, ctx_attn_mask, n_ctx_chunks, chunk_scalers, bias_scaler, *,
-             hyper_cfg, base_cfg, layer_idx, max_chunks, chunk_group, dtype, remat_chunks=False):
+             hyper_cfg, base_cfg, layer_idx, max_chunks, chunk_group, dtype, remat_chunks=False, chunk_offsets=None,
+             ctx_positions=None, n_slots=0):
     k, t = ctx_ids.shape
     g = chunk_group
     groups = (ctx_ids.reshape(k // g, g, t), ctx_attn_mask.reshape(k // g, g, t))
-    body = lambda x: _chunk_loras(hyper_params, hyper_cfg, base_params, base_cfg, x[0], x[1], layer_idx, dtype)
+    if n_slots:  # packed rows: each row of a group yields n_slots chunk rows
+        groups += (ctx_positions.reshape(k // g, g, t),)
+        body = lambda x: _packed_chunk_loras(hyper_params, hyper_cfg, base_params, base_cfg, x[0], x[1], x[2],
+                                             n_slots, layer_idx, dtype)
+    else:
+        body = lambda x: _chunk_loras(hyper_params, hyper_cfg, base_params, base_cfg, x[0], x[1], layer_idx, dtype)
     if remat_chunks:
         body = jax.checkpoint(body, policy=jax.checkpoint_policies.save_only_these_names(FEATURES))
     A, B = jax.lax.map(body, groups)
-    flat = lambda d: {m: v.reshape((k,) + v.shape[2:]) for m, v in d.items()}
+    rows = k * max(n_slots, 1)
+    flat = lambda d: {m: v.reshape((rows,) + v.shape[2:]) for m, v in d.items()}
     bA, bB = bias_lora(hyper_params, hyper_cfg)
     return combine_chunks(flat(A), flat(B), n_ctx_chunks, bA, bB, lora_alpha=hyper_cfg.alpha,
-                          max_chunks=max_chunks, chunk_scalers=chunk_scalers, bias_scaler=bias_scaler)
+                          max_chunks=max_chunks, chunk_scalers=chunk_scalers, bias_scaler=bias_scaler,
+                          chunk_offsets=chunk_offsets)
+
+
+def adapter_from_packed(hyper_params, base_params, ctx_tokens, ctx_segment_ids, ctx_positions, n_chunks, *,
+                        hyper_cfg: D2LHypernetConfig, base_cfg: ModelConfig, n_slots: int, max_chunks: int,
+                        layer_idx: Optional[int] = None, row_group: int = 1, dtype=jnp.float32,
+                        remat_chunks: bool = False) -> Adapter:
+    """Traceable: the combined ``Adapter`` of documents whose chunks are packed several per row.
+
+    ctx_tokens, ctx_segment_ids, ctx_positions: [P, C] rows of up to ``n_slots`` S chunks each (chunk s = segment
+    s, positions restarting at 0 per chunk, 0 = padding); the documents of row p are its document slots
+    n_chunks[p] [D] in order, document j owning the next n_chunks[p, j] segments (0 = an empty slot).
+    Returns the adapter of the P·D document slots (row-major; empty slots get the bias block only), equal to
+    ``adapter_from_chunks`` on the same documents padded one chunk per row: the encoder attends within segments and
+    the perceiver's latents of chunk s attend only to its tokens (``D2LHypernet.packed``).
+    row_group: packed rows per context-encoder + hypernetwork call (``lax.map`` over groups; P must divide by it).
+    """
+    p, c = ctx_tokens.shape
+    n = jnp.asarray(n_chunks, jnp.int32)
+    offsets = jnp.arange(p, dtype=jnp.int32)[:, None] * n_slots + jnp.cumsum(n, axis=1) - n  # [P, D]
+    return _program(hyper_params, base_params, ctx_tokens, ctx_segment_ids, n.reshape(-1), None, None,
+                    hyper_cfg=hyper_cfg, base_cfg=base_cfg, layer_idx=layer_idx, max_chunks=int(max_chunks),
+                    chunk_group=int(row_group), dtype=dtype, remat_chunks=bool(remat_chunks),
+                    chunk_offsets=offsets.reshape(-1), ctx_positions=ctx_positions, n_slots=int(n_slots))
 
 
 def adapter_from_chunks(hyper_params, base_params, ctx_ids, ctx_attn_mask, n_ctx_chunks, chunk_scalers=None,
                         bias_scaler=None, *, hyper_cfg: D2LHypernetConfig, base_cfg: ModelConfig,
                         layer_idx: Optional[int] = None, max_chunks: int, chunk_group: int = 1, dtype=jnp.float32,
-                        remat_chunks: bool = False) -> Adapter:
+                        remat_chunks: bool = False, chunk_offsets=None) -> Adapter:
     """Traceable core of ``internalize`` (use inside ``jit`` / ``grad``; no host-side checks).
 
     ctx_ids, ctx_attn_mask: [K, T]; n_ctx_chunks: [n_docs] (may be traced); max_chunks: static rank budget.
     remat_chunks: under ``grad``, recompute each chunk group's hypernetwork in the backward pass from its saved
     encoder features (same values and gradients; less memory, one more hypernetwork forward).
     chunk_scalers: [K] or None; bias_scaler: scalar or None. K is padded internally to a multiple of chunk_group
-    (filler rows hold one token and are never selected).
+    (filler rows hold one token and are never selected). chunk_offsets: [n_docs] first chunk row of each document
+    (default consecutive; see ``combine_chunks``).
     """
     k = ctx_ids.shape[0]
     g = int(chunk_group)
@@ -106,7 +148,7 @@ def adapter_from_chunks(hyper_params, base_params, ctx_ids, ctx_attn_mask, n_ctx
             chunk_scalers = jnp.concatenate([jnp.asarray(chunk_scalers), jnp.ones((pad,), jnp.float32)])
     return _program(hyper_params, base_params, ctx_ids, ctx_attn_mask, n_ctx_chunks, chunk_scalers, bias_scaler,
                     hyper_cfg=hyper_cfg, base_cfg=base_cfg, layer_idx=layer_idx, max_chunks=int(max_chunks),
-                    chunk_group=g, dtype=dtype, remat_chunks=bool(remat_chunks))
+                    chunk_group=g, dtype=dtype, remat_chunks=bool(remat_chunks), chunk_offsets=chunk_offsets)
 
 
 _STATIC = ("hyper_cfg", "base_cfg", "layer_idx", "max_chunks", "chunk_group", "dtype", "remat_chunks")

@@ -180,7 +180,8 @@ class SwiGLU(nn.Module):
 def masked_gqa_attention(q, k, v, mask=None, precision=None):
     """Non-causal grouped-query attention with an optional key mask.
 
-    q: [B, Q, Hq, D]; k, v: [B, T, Hkv, D]; mask: [B, T] (nonzero = attend) or None. Returns [B, Q, Hq, D].
+    q: [B, Q, Hq, D]; k, v: [B, T, Hkv, D]; mask: [B, T] (a key mask, nonzero = attend), [B, Q, T] (per query:
+    packed rows, where each query attends only to its own segment's keys) or None. Returns [B, Q, Hq, D].
     Query head h uses kv head h // (Hq // Hkv) (``repeat_kv`` grouping). Logits and softmax in float32.
     Rows with no valid key give zeros.
     """
@@ -191,7 +192,7 @@ def masked_gqa_attention(q, k, v, mask=None, precision=None):
     logits = jnp.einsum("bqkgd,btkd->bkgqt", qg, k, precision=precision,
                         preferred_element_type=jnp.float32) * (1.0 / float(d) ** 0.5)
     if mask is not None:
-        valid = (mask != 0)[:, None, None, None, :]
+        valid = (mask != 0)[:, None, None, None, :] if mask.ndim == 2 else (mask != 0)[:, None, None, :, :]
         logits = jnp.where(valid, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1)
     if mask is not None:
@@ -261,15 +262,25 @@ class PerceiverLayer(nn.Module):
 
 
 class PerceiverResampler(nn.Module):
-    """``n_latents`` learned latents attend to ``context`` [B, T, d] (mask [B, T] or None) → [B, n_latents, d]."""
+    """``n_latents`` learned latents attend to ``context`` [B, T, d] (mask [B, T] or None) → [B, n_latents, d].
+
+    Packed rows (``n_slots`` S > 0): ``mask`` is then the row's segment ids [B, T] (segment s = 1..S is one
+    context, 0 = padding); the latents are repeated once per segment and copy s attends only to segment s's
+    tokens, so the result [B, S·n_latents, d] (segment-major) equals the resampler run on each segment alone (an
+    empty segment gives the all-padding result)."""
 
     config: PerceiverConfig
 
     @nn.compact
-    def __call__(self, context, mask=None):
+    def __call__(self, context, mask=None, n_slots: int = 0):
         c = self.config
         latents_q = self.param("latents_q", nn.initializers.normal(1.0), (c.n_latents, c.hidden_size), jnp.float32)
-        x = jnp.broadcast_to(latents_q.astype(context.dtype), (context.shape[0], c.n_latents, c.hidden_size))
+        n_q = c.n_latents * max(n_slots, 1)
+        x = jnp.broadcast_to(jnp.tile(latents_q.astype(context.dtype), (max(n_slots, 1), 1)),
+                             (context.shape[0], n_q, c.hidden_size))
+        if n_slots:  # query j belongs to segment j // n_latents + 1
+            q_seg = jnp.repeat(jnp.arange(1, n_slots + 1, dtype=jnp.int32), c.n_latents)
+            mask = q_seg[None, :, None] == mask.astype(jnp.int32)[:, None, :]  # [B, S·n_latents, T]
         i = 0
         for _ in range(c.num_blocks):
             x = PerceiverLayer(c, True, name=f"layers_{i}")(x, context, mask)
@@ -288,22 +299,32 @@ class Perceiver(nn.Module):
 
     __call__(context [..., T, H_ctx], mask [..., T] (broadcastable) or None) → [..., n_output_queries, d].
     All leading dimensions are folded into one batch; each row (e.g. each (chunk, layer)) is independent.
+
+    Packed rows (``n_slots`` S > 0): each row holds up to S contexts, ``mask`` is its segment ids [..., T]
+    (s = 1..S, 0 = padding) → [..., S, n_output_queries, d], slot s-1 equal to the perceiver run on segment s
+    alone (the modality projection is per token; the encoder's latents of segment s attend only to its tokens;
+    the decoder runs per slot).
     """
 
     config: PerceiverConfig
 
     @nn.compact
-    def __call__(self, context, mask=None):
+    def __call__(self, context, mask=None, n_slots: int = 0):
         c = self.config
         lead, t = context.shape[:-2], context.shape[-2]
         x = context.reshape(-1, t, context.shape[-1])
         m = None
         if mask is not None:
             m = jnp.broadcast_to(mask, lead + (t,)).reshape(-1, t)
+        elif n_slots:
+            raise ValueError("packed perceiver rows (n_slots > 0) need their segment ids as mask")
         proj = SwiGLU(c.intermediate_size_factor * c.input_size, c.hidden_size, c.precision,
                       name="modality_projection")(x)
         self.sow("intermediates", "projected_context", proj.reshape(lead + proj.shape[1:]))
-        lat = PerceiverResampler(c, name="encoder")(proj, m)
+        lat = PerceiverResampler(c, name="encoder")(proj, m, n_slots)
+        if n_slots:  # [N, S·n_latents, d] → one decoder row per slot
+            lead = lead + (n_slots,)
+            lat = lat.reshape(-1, c.n_latents, lat.shape[-1])
         self.sow("intermediates", "encoder_latents", lat.reshape(lead + lat.shape[1:]))
         out = PerceiverResampler(c.decoder, name="decoder")(lat, None)
         out = out.reshape(lead + out.shape[1:])

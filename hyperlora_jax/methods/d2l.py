@@ -14,6 +14,8 @@ Objectives (``loss.kind``):
 Both objectives read the logits only at the R positions that predict response tokens (``student_idx`` /
 ``teacher_idx`` [B, R], ``resp_valid``; from the data sources): the LM head runs on R rows instead of every
 position (at gemma-2's 256k vocabulary a 2048-token row's float32 logits alone are 2.1 GB).
+Packed batches (``data.pack_docs`` D > 0, ``methods/d2l_pack.py``): the same examples, D documents per context-encoder
+and teacher row (segment ids; exact), student rows cut to the batch's longest QA; ``batch_size`` stays in documents.
 Reductions: mean over each response's tokens, then mean over documents (one response per document here, which is
 the reference's per-context averaging with ``max_qas_per_sample = 1``). Plus ``loss.l1_coef`` × the reference's L1
 on the combined adapters (mean over modules of mean |A| + mean |B|, bias block and padding included).
@@ -96,9 +98,29 @@ class D2LMethod:
         if config.data.get("batch_chunk_count", False) and config.data.source not in BATCH_CHUNK_COUNT_SOURCES:
             raise ValueError(f"data.batch_chunk_count is not supported by data source {config.data.source!r} "
                              f"(supported: {', '.join(sorted(BATCH_CHUNK_COUNT_SOURCES))})")
+        docs = int(config.data.get("pack_docs", 0))
+        if docs:
+            if config.data.get("batch_chunk_count", False):
+                raise ValueError("data.pack_docs and data.batch_chunk_count cannot be combined (packing already "
+                                 "sizes each batch to its documents)")
+            accum = int(config.get("grad_accum_steps", 1))
+            if docs < 0 or config.batch_size % (docs * accum * jax.process_count()):
+                raise ValueError(f"batch_size {config.batch_size} must be a multiple of data.pack_docs {docs} x "
+                                 f"grad_accum_steps {accum} x {jax.process_count()} processes (every micro-batch "
+                                 "holds whole packed rows)")
         if config.data.source not in SOURCES:
             raise ValueError(f"unknown d2l data source {config.data.source!r} (known: {', '.join(sorted(SOURCES))})")
         self.example, self.size = SOURCES[config.data.source](self, config.data, config.seed)
+
+    @classmethod
+    def without_data(cls, config, base_cfg, hyper_cfg, base_params, layer_idx=None):
+        """The plug-in without tokenizer, base-model directory or data source (tests, benchmarks): exactly what
+        ``loss``, ``adapter`` and ``init_trainable`` read."""
+        self = cls.__new__(cls)
+        self.config, self.base_cfg, self.hyper_cfg, self.base_params = config, base_cfg, hyper_cfg, base_params
+        self.layer_idx, self.mesh = layer_idx, None
+        self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
+        return self
 
     # ----- plug-in interface -------------------------------------------------------------------------------
     def fingerprint(self):
@@ -133,18 +155,38 @@ class D2LMethod:
         return self.base_params
 
     def adapter(self, hyper_params, base_params, ctx_ids, ctx_mask, n_chunks):
-        """Adapter [one row per document] from padded chunk slots ctx_ids/ctx_mask [B, K, T], n_chunks [B]."""
+        """Adapter [one row per document] from padded chunk slots ctx_ids/ctx_mask [B, K, T], n_chunks [B]: rank
+        (K + 1)·r, document b's chunks first, then the bias block, then zeros (as the reference's combine_lora);
+        unused slots are encoded (fixed shapes) but never selected."""
         from hyperlora_jax.d2l.internalize import adapter_from_chunks
         b, k, t = ctx_ids.shape
-        scalers = (jnp.arange(k)[None, :] < n_chunks[:, None]).astype(jnp.float32).reshape(b * k)
         return adapter_from_chunks(hyper_params, base_params, ctx_ids.reshape(b * k, t), ctx_mask.reshape(b * k, t),
-                                   jnp.full((b,), k, jnp.int32), scalers, None, hyper_cfg=self.hyper_cfg,
+                                   n_chunks.astype(jnp.int32), None, None, hyper_cfg=self.hyper_cfg,
                                    base_cfg=self.base_cfg, layer_idx=self.layer_idx, max_chunks=k,
                                    chunk_group=self.config.model.get("chunk_group", 1), dtype=self.dtype,
+                                   remat_chunks=self.config.model.get("remat_chunks", False),
+                                   chunk_offsets=jnp.arange(b, dtype=jnp.int32) * k)
+
+    def packed_adapter(self, hyper_params, base_params, batch):
+        """Adapter [P·D document rows] of a packed batch (``methods/d2l_pack.py``): rank (max_chunks + 1)·r with
+        max_chunks = ``data.max_chunks``, the padded layout's rank (without ``batch_chunk_count`` trimming)."""
+        from hyperlora_jax.d2l.internalize import adapter_from_packed
+        p, d = batch["doc_chunks"].shape
+        return adapter_from_packed(hyper_params, base_params, batch["ctx_tokens"], batch["ctx_segment_ids"],
+                                   batch["ctx_positions"], batch["doc_chunks"], hyper_cfg=self.hyper_cfg,
+                                   base_cfg=self.base_cfg, n_slots=batch["ctx_slot_doc"].shape[-1],
+                                   max_chunks=int(self.config.data.max_chunks), layer_idx=self.layer_idx,
+                                   row_group=_divisor(p, self.config.model.get("chunk_group", 1)), dtype=self.dtype,
                                    remat_chunks=self.config.model.get("remat_chunks", False))
 
     def loss(self, hyper_params, base_params, batch, rng):
-        adapter = self.adapter(hyper_params, base_params, batch["ctx_ids"], batch["ctx_mask"], batch["n_chunks"])
+        if "ctx_tokens" in batch:  # packed (data.pack_docs): documents become rows of the student and the loss
+            adapter = self.packed_adapter(hyper_params, base_params, batch)
+            flat = lambda x: x.reshape((-1,) + x.shape[2:])
+            batch = dict(batch, **{k: flat(batch[k]) for k in ("tokens", "segment_ids", "loss_mask", "student_idx",
+                                                               "resp_valid")})
+        else:
+            adapter = self.adapter(hyper_params, base_params, batch["ctx_ids"], batch["ctx_mask"], batch["n_chunks"])
         seg = batch["segment_ids"]
         pos = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
         emb = None
@@ -164,10 +206,14 @@ class D2LMethod:
             targets = jnp.take_along_axis(batch["tokens"], s_idx + 1, axis=1)
             task = per_doc_mean(-logprobs_of(out["logits"], targets), valid.astype(jnp.float32))
         elif self.config.loss.kind == "kd":
-            tseg = batch["teacher_segment_ids"]
-            tpos = jnp.maximum(jnp.cumsum(tseg, axis=1) - 1, 0)
+            tseg, t_idx = batch["teacher_segment_ids"], batch["teacher_idx"]
+            if "teacher_positions" in batch:  # packed: rows of several documents, logits at [P, D·R]
+                tpos, t_idx = batch["teacher_positions"], t_idx.reshape(t_idx.shape[0], -1)
+            else:
+                tpos = jnp.maximum(jnp.cumsum(tseg, axis=1) - 1, 0)
             teacher = forward(base_params, self.base_cfg, batch["teacher_tokens"], positions=tpos, segment_ids=tseg,
-                              dtype=self.dtype, logits_at=batch["teacher_idx"])["logits"]
+                              dtype=self.dtype, logits_at=t_idx)["logits"]
+            teacher = teacher.reshape(s_idx.shape + teacher.shape[-1:])  # [documents, R, V]
             task = kd_loss(out["logits"], teacher, valid, self.config.loss.top_k)
         else:
             raise ValueError(f"unknown loss.kind {self.config.loss.kind!r} (ce, kd)")
@@ -179,6 +225,12 @@ class D2LMethod:
         from functools import partial
 
         from hyperlora_jax.methods.d2l_data import collate
+        docs = int(self.config.data.get("pack_docs", 0))
+        if docs:
+            from hyperlora_jax.methods.d2l_pack import PackedBatchIterator
+            return PackedBatchIterator(self.example, self.size, self.config.batch_size, docs_per_row=docs,
+                                       seed=self.config.seed, process_index=process_index,
+                                       process_count=process_count)
         trim = bool(self.config.data.get("batch_chunk_count", False))
         return IndexedBatchIterator(self.example, self.size, self.config.batch_size, collate=partial(collate, trim_slots=trim),
                                     seed=self.config.seed, process_index=process_index, process_count=process_count)
@@ -192,6 +244,14 @@ class D2LMethod:
             return None
         from hyperlora_jax.methods.d2l_eval import evaluate_niah
         return evaluate_niah(self, jax.device_get(hyper_params), workdir)
+
+
+def _divisor(n: int, g: int) -> int:
+    """The largest divisor of n that is <= g (rows per packed encoder call)."""
+    g = max(1, min(int(g), int(n)))
+    while n % g:
+        g -= 1
+    return g
 
 
 def _toy_base_dir() -> str:
