@@ -63,7 +63,7 @@ def _common():
         base_model="", ctx_encoder_type="per_layer_activations", layer_idx=0, target_modules=("down_proj",), r=8,
         latent_size=512, n_latent_queries=8, num_blocks=9, num_pre_head_layers=1, n_heads=16, head_dim=128,
         num_kv_heads=4, chunk_group=1, remat_chunks=False, scaler_b_init=0.0,
-        attention="xla"))  # base-model attention kernel: xla | cudnn | splash | auto (hyperlora_jax/attention.py)
+        attention="auto"))  # attention kernel: auto (cudnn on GPU, splash on TPU, else xla) | xla | cudnn | splash
     c.loss = ml_collections.ConfigDict(dict(kind="kd", top_k=16, l1_coef=0.1, neftune_alpha=5.0))
     c.data = ml_collections.ConfigDict(dict(source="d2l_qa", chunk_tokens=512, max_chunks=1, chunk_probs=(1.0,),
                                             query_len=2048, min_doc_len=25, curriculum_examples=0,

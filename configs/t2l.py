@@ -84,7 +84,7 @@ def _common():
 
     c.model = ml_collections.ConfigDict({"model_dir": "/path/to/base_model", "tokenizer_dir": "",
                                          "param_dtype": "bfloat16",
-                                         "attention": "xla"})  # xla | cudnn | splash | auto (attention.py)
+                                         "attention": "auto"})  # auto | xla | cudnn | splash (attention.py)
     c.encoder = ml_collections.ConfigDict({"model_dir": "/path/to/gte-large-en-v1.5", "pooling": "cls",
                                            "embeddings_file": "", "batch_size": 64})
     c.t2l = ml_collections.ConfigDict({

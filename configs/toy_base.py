@@ -24,7 +24,7 @@ def get_config(preset: str = "default"):
     c.checkpoint_every_steps = 250
     c.model = ml_collections.ConfigDict()
     c.model.init_from = ""
-    c.model.attention = "xla"  # attention kernel: xla | cudnn | splash | auto (hyperlora_jax/attention.py)
+    c.model.attention = "auto"  # auto (cudnn on GPU, splash on TPU, else xla) | xla | cudnn | splash
     c.model.export_dir = "export"
     c.model.hf_config = {"model_type": "llama", "vocab_size": 108, "hidden_size": 96, "intermediate_size": 256,
                          "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 24,
