@@ -114,39 +114,141 @@ def _peak_flops() -> float | None:
     return None
 
 
-class _Preemption:
-    """Remembers a SIGTERM so the loop can save and exit cleanly."""
+class _StopSignals:
+    """SIGTERM (preemption) and SIGINT (Ctrl-C) only set a flag while training runs: the loop then stops after the
+    current step and saves a final checkpoint, so neither leaves a half-written one. ``close`` restores the
+    previous handlers."""
 
     def __init__(self):
-        self.requested = False
-        try:
-            signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread (e.g. called from a test harness)
-            pass
+        self.received = None
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (e.g. called from a test harness)
+                pass
 
     def _handler(self, signum, frame):
-        self.requested = True
+        if self.received is None:
+            print(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint", file=sys.stderr,
+                  flush=True)
+        self.received = signum
 
     def any_process(self) -> bool:
         if jax.process_count() == 1:
-            return self.requested
+            return self.received is not None
         from jax.experimental import multihost_utils
-        return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
+        return bool(np.any(multihost_utils.process_allgather(np.array([self.received is not None]))))
+
+    def close(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class TrainingDivergedError(ValueError):
+    """The loss, the gradient norm or the parameters stopped being finite."""
+
+
+def with_health(step_fn):
+    """``step_fn`` plus ``first_bad`` (int32 scalar in and out, 0 = none yet): the first step whose loss or gradient
+    norm is not finite. Tracked on the device, so checking it costs a sync only where the loop reads it (log steps
+    and before saves)."""
+
+    def fn(state, frozen, batch, first_bad):
+        new_state, metrics = step_fn(state, frozen, batch)
+        ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        return new_state, metrics, jnp.where((first_bad == 0) & ~ok, new_state["step"], first_bad)
+
+    return fn
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _finite_or_null(row: dict) -> dict:
+    """NaN / ±Inf values as None, so the line stays strict JSON (``null``)."""
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+
+
+def _append_metrics(path: str, row: dict):
+    with open(path, "a") as f:
+        f.write(json.dumps(_finite_or_null(row), allow_nan=False) + "\n")
+
+
+def _truncate_metrics(path: str, last_step: int):
+    """Rewrites ``metrics.jsonl`` without the rows of steps after ``last_step`` (a resumed run logs them again)
+    and without unreadable lines (a write cut short by a kill); NaN written by older versions becomes null.
+    Atomic: a temporary file renamed over the old one."""
+    if not os.path.exists(path):
+        return
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
+                rows.append(json.dumps(_finite_or_null(row), allow_nan=False) + "\n")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(rows)
+    os.replace(tmp, path)
+
+
+def _lock_run(workdir: str):
+    """The workdir lock for this run: process 0 takes it (the processes of one multi-process run share the
+    workdir); every process learns whether it got it, so all of a refused run stop with WorkdirBusyError."""
+    from hyperlora_jax.checkpoint import WorkdirBusyError, lock_workdir
+    lock, busy = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = lock_workdir(workdir)
+        except WorkdirBusyError as e:
+            busy = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        refused = bool(np.any(multihost_utils.process_allgather(np.array([busy is not None]))))
+        if refused and busy is None:
+            busy = WorkdirBusyError(f"workdir {workdir!r} is in use by another trainer (process 0 could not lock it)")
+    if busy is not None:
+        raise busy
+    return lock
 
 
 # ===== the whole run ==========================================================================================
 
 def run(config, workdir: str) -> dict:
-    """Trains per ``config`` in ``workdir`` (resuming from its checkpoints); returns a summary dict."""
+    """Trains per ``config`` in ``workdir`` (resuming from its checkpoints); returns a summary dict.
+
+    Refused up front (ValueError subclasses, one line each): bad config values (``config_defaults.validate``), a
+    workdir another trainer holds (WorkdirBusyError), a workdir of another configuration (CheckpointMismatchError).
+    Stops with TrainingDivergedError at the first step whose loss or gradient norm is not finite (checked at log
+    steps and before every save, which also checks the parameters): no checkpoint of a diverged state is written.
+    """
+    from hyperlora_jax.config_defaults import validate
+    validate(config)
+    maybe_initialize_distributed(config)
+    os.makedirs(workdir, exist_ok=True)
+    lock = _lock_run(workdir)
+    try:
+        return _run_locked(config, workdir)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _run_locked(config, workdir: str) -> dict:
     from hyperlora_jax.checkpoint import Checkpointer
     from hyperlora_jax.methods import get_method
     from hyperlora_jax.optim import learning_rate_schedule, make_optimizer
     from hyperlora_jax.sharding import host_batch_to_global, make_mesh, param_shardings, replicated
     from hyperlora_jax.tb_events import EventWriter
 
-    maybe_initialize_distributed(config)
+    t_start = time.time()
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
 
     # ----- mesh ------------------------------------------------------------------------------------------------
     mesh = make_mesh(dict(config.mesh))
@@ -177,49 +279,83 @@ def run(config, workdir: str) -> dict:
     frozen_sh = jax.tree_util.tree_map(lambda x: x.sharding, frozen)
 
     # ----- the train step -------------------------------------------------------------------------------------
-    step_fn = make_train_step(method, tx, accum)
-    train_step = jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, None),
-                         donate_argnums=(0,), compiler_options=step_compiler_options())
+    step_fn = with_health(make_train_step(method, tx, accum))
+    train_step = jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, None, replicated(mesh)),
+                         out_shardings=(state_sh, None, replicated(mesh)), donate_argnums=(0,),
+                         compiler_options=step_compiler_options())
 
     # ----- checkpoint restore ---------------------------------------------------------------------------------
     ckpt = Checkpointer(workdir, _fingerprint(method, abstract["params"]), keep=config.get("keep_checkpoints", 3),
                         best_metric=config.get("best_metric") or None, best_mode=config.get("best_mode", "min"),
                         async_save=config.get("async_checkpoints", True))
+    try:
+        return _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start,
+                      learning_rate_schedule(config), host_batch_to_global, EventWriter)
+    finally:
+        ckpt.wait()  # an in-flight save of a good state completes, also when the run stops with an error
+        ckpt.close()
+
+
+def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start, schedule, to_global,
+           EventWriter) -> dict:
+    is_main = jax.process_index() == 0
     data = method.data_iterator(jax.process_index(), jax.process_count())
-    restored = ckpt.restore(state)
+    restored = ckpt.restore(state, data_template=data.get_state(), apply_data=data.set_state)
     if restored is not None:
-        state, data_state, step0 = restored
-        data.set_state(data_state)
+        state, _, step0 = restored
         if is_main:
             log.info("resumed from step %d", step0)
-    elif config.get("init_from"):
-        params, src_step = ckpt.params_from(config.init_from, state["params"])
-        state = dict(state, params=params)
-        if is_main:
-            log.info("trainable parameters from %s (its step %d); fresh optimizer, step 0", config.init_from,
-                     src_step)
+    else:
+        data = method.data_iterator(jax.process_index(), jax.process_count())  # untouched by a set-aside one
+        if config.get("init_from"):
+            params, src_step = ckpt.params_from(config.init_from, state["params"])
+            state = dict(state, params=params)
+            if is_main:
+                log.info("trainable parameters from %s (its step %d); fresh optimizer, step 0", config.init_from,
+                         src_step)
     start = int(state["step"])
 
     # ----- the loop --------------------------------------------------------------------------------------------
-    writer = EventWriter(os.path.join(workdir, "tensorboard")) if is_main else None
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    schedule = learning_rate_schedule(config)
-    preempt = _Preemption()
+    if is_main:
+        _truncate_metrics(metrics_path, start)
+    writer = EventWriter(os.path.join(workdir, "tensorboard")) if is_main else None
+    first_bad = jnp.zeros((), jnp.int32)
     peak = _peak_flops()
     total, every = int(config.num_train_steps), int(config.get("log_every_steps", 10))
     ckpt_every, eval_every = int(config.get("checkpoint_every_steps", 0)), int(config.get("eval_every_steps", 0))
-    last_metrics, t_last, steps_since, tokens_since = {}, time.time(), 0, 0.0
-    t_first = None
+    last_metrics, t_last, steps_since = {}, time.time(), 0
+    eta_from = None  # (time, step) at the first log: the ETA averages over the run after it (no compile spike)
+
+    def check_health(step, params_too=False):
+        """TrainingDivergedError unless every step so far had a finite loss and gradient norm (and, with
+        ``params_too``, the parameters are finite); syncs with the device."""
+        bad = int(first_bad)
+        if not bad and params_too and not bool(_all_finite(state["params"])):
+            bad = step
+        if bad:
+            newest = ckpt.latest_step()
+            raise TrainingDivergedError(
+                f"training diverged: the loss or gradient norm is not finite at step {bad}; stopped at step {step} "
+                "without saving it (" + (f"newest checkpoint: step {newest}" if newest is not None else
+                                         "no checkpoint") + "); try a lower learning_rate or more warmup_steps")
+
+    def save(step, **kw):
+        check_health(step, params_too=True)
+        ckpt.save(step, state, data.get_state(), **kw)
+
+    stop = _StopSignals()
     step = start
     exit_reason = "done"
-    if True:
+    try:
         while step < total:
-            batch = host_batch_to_global(next(data), mesh)
-            state, metrics = train_step(state, frozen, batch)
+            batch = to_global(next(data), mesh)
+            state, metrics, first_bad = train_step(state, frozen, batch, first_bad)
             step += 1
             steps_since += 1
             if step % every == 0 or step == total:
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                check_health(step)
                 now = time.time()
                 dt = (now - t_last) / steps_since
                 tokens = m.pop("tokens", 0.0) * steps_since
@@ -228,16 +364,16 @@ def run(config, workdir: str) -> dict:
                 m["tokens_per_sec"] = tokens / (now - t_last) if now > t_last else 0.0
                 flops = method.flops_per_step(m["tokens_per_sec"] * dt) if hasattr(method, "flops_per_step") else 0
                 m["mfu"] = flops / dt / peak if peak and dt > 0 else float("nan")
-                if t_first is None:
-                    t_first = now
-                eta = dt * (total - step)
+                if eta_from is None:
+                    eta_from, eta = (now, step), dt * (total - step)
+                else:
+                    eta = (now - eta_from[0]) / (step - eta_from[1]) * (total - step)
                 last_metrics = m
                 if is_main:
                     mfu = f"{100 * m['mfu']:.1f}%" if m["mfu"] == m["mfu"] else "n/a"
                     print(f"step {step}/{total} loss {m['loss']:.5f} tokens/s {m['tokens_per_sec']:.0f} "
                           f"MFU {mfu} ETA {eta:.0f}s", flush=True)
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps({"step": step, **m}) + "\n")
+                    _append_metrics(metrics_path, {"step": step, **m})
                     writer.scalars(step, {f"train/{k}": v for k, v in m.items() if v == v})
                 t_last, steps_since = now, 0
             eval_metrics = None
@@ -245,45 +381,103 @@ def run(config, workdir: str) -> dict:
                 eval_metrics = method.evaluate(state["params"], frozen, workdir, step)
                 if is_main and eval_metrics:
                     writer.scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps({"step": step, **{f"eval/{k}": v for k, v in eval_metrics.items()}}) + "\n")
+                    _append_metrics(metrics_path, {"step": step, **{f"eval/{k}": v for k, v in eval_metrics.items()}})
             if (ckpt_every and step % ckpt_every == 0) or eval_metrics:
-                ckpt.save(step, state, data.get_state(),
-                          metrics={f"eval/{k}": v for k, v in (eval_metrics or {}).items()} or None)
+                save(step, metrics={f"eval/{k}": v for k, v in (eval_metrics or {}).items()} or None)
             if config.get("step_delay_s", 0.0):  # only for preemption tests: widen the window to kill
                 time.sleep(config.step_delay_s)
-            if preempt.any_process():
-                exit_reason = "preempted"
+            if stop.any_process():
+                exit_reason = "interrupted" if stop.received == signal.SIGINT else "preempted"
                 break
-    ckpt.save(step, state, data.get_state(), force=True)
-    ckpt.wait()
-    ckpt.close()
-    if writer:
-        writer.close()
+        save(step, force=True)
+        ckpt.wait()
+    finally:
+        stop.close()
+        if writer:
+            writer.close()
     if is_main:
         print(f"{exit_reason} at step {step}; checkpoint in {ckpt.dir}", flush=True)
     final_eval = None
     if exit_reason == "done" and hasattr(method, "final_evaluate"):
         final_eval = method.final_evaluate(state["params"], frozen, workdir)
+        results = os.path.join(workdir, "eval", "results.json")
+        if is_main and os.path.exists(results) and os.path.getmtime(results) >= t_start:
+            print(f"results in {results}", flush=True)
     return {"step": step, "reason": exit_reason, "metrics": last_metrics, "state": state, "final_eval": final_eval}
 
 
 # ===== command line ===========================================================================================
 
-def main(argv):
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds configs/ in a checkout
+
+
+def resolve_config_path(spec: str) -> str:
+    """``PATH[:PRESET]`` with PATH made to exist: as given (relative to the working directory), else a relative PATH
+    is looked up in the directory above the hyperlora_jax package (a source checkout or an editable install, whose
+    ``configs/`` is there), so ``--config=configs/d2l.py:toy`` works from any directory. OSError when neither
+    exists."""
+    path, sep, preset = spec.partition(":")
+    if os.path.isfile(path):
+        return spec
+    candidate = os.path.join(REPO_ROOT, path)
+    if not os.path.isabs(path) and os.path.isfile(candidate):
+        return candidate + sep + preset
+    where = f" (nor in {REPO_ROOT})" if not os.path.isabs(path) else ""
+    raise FileNotFoundError(f"config file {path!r} not found{where}")
+
+
+def _flag_error_line(e: BaseException, argv) -> str:
+    """One line for an error from parsing the flags (the config file, its preset, the --config.KEY overrides)."""
+    import re
+    text = str(e.args[0]) if len(e.args) == 1 else str(e)
+    if isinstance(e, (KeyError, AttributeError)):  # ml_collections: an override of a key the config lacks
+        plain = text.replace("\\'", "'").replace("\\n", "\n")
+        key, hint = re.search(r"'(\w+)'", plain), re.search(r'Did you mean "([\w.]+)"', plain)
+        if key:
+            key = key.group(1)
+            flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.")
+                         and key in a.split("=", 1)[0][len("--config."):].split(".")), f"--config.{key}")
+            return f"{flag}: no such config key {key!r}" + (f" (did you mean {hint.group(1)}?)" if hint else "")
+    lines = [l.strip() for l in str(text).splitlines() if l.strip() and not l.startswith("Pass --help")]
+    last = lines[-1] if lines else type(e).__name__
+    return re.sub(r"^(?:[\w.]+(?:Error|Exception)): ", "", last)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with every error as one ``error: ...`` line and exit status 2, and ``--config`` resolved
+    by ``resolve_config_path``."""
     from absl import flags
+    argv = list(argv)
+    try:
+        for i, a in enumerate(argv):
+            if a.startswith("--config="):
+                argv[i] = "--config=" + resolve_config_path(a[len("--config="):])
+            elif a == "--config" and i + 1 < len(argv):
+                argv[i + 1] = resolve_config_path(argv[i + 1])
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - anything raised while loading the config is a bad flag
+        print(f"error: {_flag_error_line(e, argv)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def main(argv):
+    """The trainer's body after flag parsing. Exit status: 0 done or preempted (SIGTERM; checkpoint saved),
+    130 interrupted (SIGINT; checkpoint saved), 2 an error (one line on stderr: bad config, busy workdir, a
+    checkpoint of another configuration, divergence)."""
+    from absl import flags
+    from absl import logging as absl_logging
+
+    from hyperlora_jax import cli
     del argv
     FLAGS = flags.FLAGS
-    from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save step at INFO
     log.setLevel(logging.INFO)
-    from hyperlora_jax.checkpoint import CheckpointMismatchError
-    from hyperlora_jax.sharding import MeshError
     try:
-        run(FLAGS.config, FLAGS.workdir)
-    except (MeshError, CheckpointMismatchError, ValueError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        status = cli.run(lambda _: 130 if run(FLAGS.config, FLAGS.workdir)["reason"] == "interrupted" else 0, exit=False)
+    except KeyboardInterrupt:  # a second Ctrl-C outside the loop (e.g. during the final evaluation)
+        print("error: interrupted", file=sys.stderr, flush=True)
+        status = 130
+    sys.exit(status)
 
 
 def _define_flags():
@@ -297,4 +491,4 @@ def _define_flags():
 if __name__ == "__main__":
     from absl import app
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
