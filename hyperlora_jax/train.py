@@ -145,6 +145,21 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+class Eta:
+    """Seconds left, from the average time per step since the first logged step: the first interval (which
+    holds the compilation) is left out, and one slow interval (an evaluation, a save) moves it little."""
+
+    def __init__(self, total_steps: int):
+        self.total, self.since = total_steps, None  # since: (time, step) of the first log
+
+    def seconds(self, now: float, step: int, interval_step_time: float) -> float:
+        if self.since is None:
+            self.since = (now, step)
+        if step == self.since[1]:  # only the first interval is known yet
+            return interval_step_time * (self.total - step)
+        return (now - self.since[0]) / (step - self.since[1]) * (self.total - step)
+
+
 class TrainingDivergedError(ValueError):
     """The loss, the gradient norm or the parameters stopped being finite."""
 
@@ -325,7 +340,7 @@ def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_sta
     total, every = int(config.num_train_steps), int(config.get("log_every_steps", 10))
     ckpt_every, eval_every = int(config.get("checkpoint_every_steps", 0)), int(config.get("eval_every_steps", 0))
     last_metrics, t_last, steps_since = {}, time.time(), 0
-    eta_from = None  # (time, step) at the first log: the ETA averages over the run after it (no compile spike)
+    eta = Eta(total)
 
     def check_health(step, params_too=False):
         """TrainingDivergedError unless every step so far had a finite loss and gradient norm (and, with
@@ -355,7 +370,6 @@ def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_sta
             steps_since += 1
             if step % every == 0 or step == total:
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                check_health(step)
                 now = time.time()
                 dt = (now - t_last) / steps_since
                 tokens = m.pop("tokens", 0.0) * steps_since
@@ -364,18 +378,15 @@ def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_sta
                 m["tokens_per_sec"] = tokens / (now - t_last) if now > t_last else 0.0
                 flops = method.flops_per_step(m["tokens_per_sec"] * dt) if hasattr(method, "flops_per_step") else 0
                 m["mfu"] = flops / dt / peak if peak and dt > 0 else float("nan")
-                if eta_from is None:
-                    eta_from, eta = (now, step), dt * (total - step)
-                else:
-                    eta = (now - eta_from[0]) / (step - eta_from[1]) * (total - step)
                 last_metrics = m
                 if is_main:
                     mfu = f"{100 * m['mfu']:.1f}%" if m["mfu"] == m["mfu"] else "n/a"
                     print(f"step {step}/{total} loss {m['loss']:.5f} tokens/s {m['tokens_per_sec']:.0f} "
-                          f"MFU {mfu} ETA {eta:.0f}s", flush=True)
+                          f"MFU {mfu} ETA {eta.seconds(now, step, dt):.0f}s", flush=True)
                     _append_metrics(metrics_path, {"step": step, **m})
                     writer.scalars(step, {f"train/{k}": v for k, v in m.items() if v == v})
                 t_last, steps_since = now, 0
+                check_health(step)  # after the row is written: a diverged step shows its loss (null) and grad norm
             eval_metrics = None
             if eval_every and step % eval_every == 0 and hasattr(method, "evaluate"):
                 eval_metrics = method.evaluate(state["params"], frozen, workdir, step)
