@@ -258,9 +258,8 @@ def run(config, workdir: str) -> dict:
 def _run_locked(config, workdir: str) -> dict:
     from hyperlora_jax.checkpoint import Checkpointer
     from hyperlora_jax.methods import get_method
-    from hyperlora_jax.optim import learning_rate_schedule, make_optimizer
-    from hyperlora_jax.sharding import host_batch_to_global, make_mesh, param_shardings, replicated
-    from hyperlora_jax.tb_events import EventWriter
+    from hyperlora_jax.optim import make_optimizer
+    from hyperlora_jax.sharding import make_mesh, param_shardings, replicated
 
     t_start = time.time()
     is_main = jax.process_index() == 0
@@ -304,24 +303,34 @@ def _run_locked(config, workdir: str) -> dict:
                         best_metric=config.get("best_metric") or None, best_mode=config.get("best_mode", "min"),
                         async_save=config.get("async_checkpoints", True))
     try:
-        return _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start,
-                      learning_rate_schedule(config), host_batch_to_global, EventWriter)
+        return _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start)
     finally:
         ckpt.wait()  # an in-flight save of a good state completes, also when the run stops with an error
         ckpt.close()
 
 
-def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start, schedule, to_global,
-           EventWriter) -> dict:
+def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start) -> dict:
+    """Restore, then the loop (metrics, evaluation, checkpoints, stop signals), then the final evaluation."""
+    from hyperlora_jax.optim import learning_rate_schedule
+    from hyperlora_jax.sharding import host_batch_to_global
+    from hyperlora_jax.tb_events import EventWriter
+
     is_main = jax.process_index() == 0
     data = method.data_iterator(jax.process_index(), jax.process_count())
-    restored = ckpt.restore(state, data_template=data.get_state(), apply_data=data.set_state)
+    tried = []  # data positions tried on the iterator (those of set-aside checkpoints may have half-applied)
+
+    def apply_data(d):
+        tried.append(d)
+        data.set_state(d)
+
+    restored = ckpt.restore(state, data_template=data.get_state(), apply_data=apply_data)
     if restored is not None:
         state, _, step0 = restored
         if is_main:
             log.info("resumed from step %d", step0)
     else:
-        data = method.data_iterator(jax.process_index(), jax.process_count())  # untouched by a set-aside one
+        if tried:
+            data = method.data_iterator(jax.process_index(), jax.process_count())
         if config.get("init_from"):
             params, src_step = ckpt.params_from(config.init_from, state["params"])
             state = dict(state, params=params)
@@ -332,6 +341,7 @@ def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_sta
 
     # ----- the loop --------------------------------------------------------------------------------------------
     metrics_path = os.path.join(workdir, "metrics.jsonl")
+    schedule = learning_rate_schedule(config)
     if is_main:
         _truncate_metrics(metrics_path, start)
     writer = EventWriter(os.path.join(workdir, "tensorboard")) if is_main else None
@@ -364,7 +374,7 @@ def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_sta
     exit_reason = "done"
     try:
         while step < total:
-            batch = to_global(next(data), mesh)
+            batch = host_batch_to_global(next(data), mesh)
             state, metrics, first_bad = train_step(state, frozen, batch, first_bad)
             step += 1
             steps_since += 1
@@ -484,7 +494,8 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save step at INFO
     log.setLevel(logging.INFO)
     try:
-        status = cli.run(lambda _: 130 if run(FLAGS.config, FLAGS.workdir)["reason"] == "interrupted" else 0, exit=False)
+        status = cli.run(lambda _: 130 if run(FLAGS.config, FLAGS.workdir)["reason"] == "interrupted" else 0,
+                         exit=False)
     except KeyboardInterrupt:  # a second Ctrl-C outside the loop (e.g. during the final evaluation)
         print("error: interrupted", file=sys.stderr, flush=True)
         status = 130

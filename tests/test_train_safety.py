@@ -84,7 +84,8 @@ def baseline(tmp_path_factory):
      "--config.checkpoint_every_steps must be >= 0, got -1"),
     (["--config=configs/lm.py:tiny", "--config.compute_dtype=float8"],
      "--config.compute_dtype must be one of float32, bfloat16, got 'float8'"),
-    (["--config=configs/lm.py:tiny", "--config.remat=some"], "--config.remat must be one of none, full, dots, got 'some'"),
+    (["--config=configs/lm.py:tiny", "--config.remat=some"],
+     "--config.remat must be one of none, full, dots, got 'some'"),
     (["--config=configs/lm.py:tiny", "--config.batch_size=6", "--config.grad_accum_steps=4"],
      "--config.batch_size must be a multiple of grad_accum_steps (4), got 6"),
 ], ids=["preset", "key", "nested_key", "file", "batch", "log_every", "ckpt_every", "dtype", "remat", "accum"])
