@@ -91,7 +91,8 @@ def step_compiler_options() -> dict:
     it costs one page fault per 4 KiB (~50k per step, 10-20 % of the step on 2 cores). Blocks under malloc's 32 MiB
     mmap ceiling are recycled between steps instead. Same program, same numbers. A buffer larger than 16 MiB gets a
     heap of its own (XLA warns about each: ``QuietCompiles`` silences that). Measured on the d2l toy step with
-    4-chunk documents (20 MB buffers): page faults per step 55k without the option, 9.4k at 16 MiB, 21k at 30 MiB.
+    4-chunk documents (20 MB buffers): page faults per step 55k without the option, 9.4k at 16 MiB, 21k at 20 or
+    30 MiB (so raising the limit above the largest buffer would cost more than it saves).
     """
     if jax.default_backend() != "cpu":
         return {}
