@@ -7,6 +7,10 @@ train step -> checkpoint restore -> loop (metrics, eval, checkpoints, preemption
 Common config keys: method, seed, num_train_steps, batch_size (global), grad_accum_steps, learning_rate,
 warmup_steps, schedule, weight_decay, max_grad_norm, compute_dtype, remat, mesh {data, fsdp, tensor},
 checkpoint_every_steps, keep_checkpoints, eval_every_steps, log_every_steps, best_metric, best_mode.
+
+Safety: one trainer per workdir (flock on WORKDIR/.lock); a non-finite loss or gradient norm stops the run with
+the step named and nothing saved after it; SIGTERM / SIGINT save a final checkpoint; a resume rewrites
+metrics.jsonl without the steps it repeats. Command-line errors are one ``error:`` line and exit status 2.
 """
 from __future__ import annotations
 
