@@ -7,6 +7,10 @@ train step -> checkpoint restore -> loop (metrics, eval, checkpoints, preemption
 Common config keys: method, seed, num_train_steps, batch_size (global), grad_accum_steps, learning_rate,
 warmup_steps, schedule, weight_decay, max_grad_norm, compute_dtype, remat, mesh {data, fsdp, tensor},
 checkpoint_every_steps, keep_checkpoints, eval_every_steps, log_every_steps, best_metric, best_mode.
+
+Safety: one trainer per workdir (flock on WORKDIR/.lock); a non-finite loss or gradient norm stops the run with
+the step named and nothing saved after it; SIGTERM / SIGINT save a final checkpoint; a resume rewrites
+metrics.jsonl without the steps it repeats. Command-line errors are one ``error:`` line and exit status 2.
 """
 from __future__ import annotations
 
@@ -89,11 +93,47 @@ def step_compiler_options() -> dict:
     On CPU the step's temporaries are split into heaps of at most 16 MiB. XLA:CPU otherwise allocates all of them
     as one block per call (~200 MiB for bench/train_step.py), which glibc's malloc maps afresh every step: touching
     it costs one page fault per 4 KiB (~50k per step, 10-20 % of the step on 2 cores). Blocks under malloc's 32 MiB
-    mmap ceiling are recycled between steps instead. Same program, same numbers.
+    mmap ceiling are recycled between steps instead. Same program, same numbers. A buffer larger than 16 MiB gets a
+    heap of its own (XLA warns about each: ``QuietCompiles`` silences that). Measured on the d2l toy step with
+    4-chunk documents (20 MB buffers): page faults per step 55k without the option, 9.4k at 16 MiB, 21k at 20 or
+    30 MiB (so raising the limit above the largest buffer would cost more than it saves).
     """
     if jax.default_backend() != "cpu":
         return {}
     return {"xla_multiheap_size_constraint_per_heap": 16 << 20}
+
+
+class QuietCompiles:
+    """Calls the jitted train ``step``; each call with a batch shape not seen before (the calls that compile) runs
+    with XLA's C++ log threshold at ERROR when ``step_compiler_options`` is non-empty: that option makes XLA:CPU
+    print one warning per buffer larger than a heap ("Alloc buffer size ... larger than the per-heap size limit",
+    ~75 of them in the d2l toy run), for buffers it then simply places in heaps of their own."""
+
+    def __init__(self, step):
+        self.step, self.seen, self.quiet = step, set(), bool(step_compiler_options())
+
+    def __call__(self, *args):
+        key = tuple((x.shape, str(x.dtype)) for x in jax.tree_util.tree_leaves(args[2]))  # args[2]: the batch
+        if not self.quiet or key in self.seen:
+            return self.step(*args)
+        self.seen.add(key)
+        from jax._src.lib import utils  # the setter behind jax_logging_level; 2 = ERROR
+        utils.absl_set_min_log_level(2)
+        try:
+            return self.step(*args)  # compiles synchronously; execution is dispatched asynchronously
+        finally:
+            utils.absl_set_min_log_level(_cpp_min_log_level())
+
+
+def _cpp_min_log_level() -> int:
+    """XLA's C++ log threshold as configured: jax_logging_level, else TF_CPP_MIN_LOG_LEVEL, else 0 (INFO)."""
+    level = jax.config.jax_logging_level
+    if level not in (None, "NOTSET"):
+        return {"DEBUG": 0, "INFO": 0, "WARNING": 1, "ERROR": 2, "CRITICAL": 3}[level]
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        return 0
 
 
 # ===== helpers ================================================================================================
@@ -114,39 +154,155 @@ def _peak_flops() -> float | None:
     return None
 
 
-class _Preemption:
-    """Remembers a SIGTERM so the loop can save and exit cleanly."""
+class _StopSignals:
+    """SIGTERM (preemption) and SIGINT (Ctrl-C) only set a flag while training runs: the loop then stops after the
+    current step and saves a final checkpoint, so neither leaves a half-written one. ``close`` restores the
+    previous handlers."""
 
     def __init__(self):
-        self.requested = False
-        try:
-            signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not the main thread (e.g. called from a test harness)
-            pass
+        self.received = None
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (e.g. called from a test harness)
+                pass
 
     def _handler(self, signum, frame):
-        self.requested = True
+        if self.received is None:
+            print(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint", file=sys.stderr,
+                  flush=True)
+        self.received = signum
 
     def any_process(self) -> bool:
         if jax.process_count() == 1:
-            return self.requested
+            return self.received is not None
         from jax.experimental import multihost_utils
-        return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
+        return bool(np.any(multihost_utils.process_allgather(np.array([self.received is not None]))))
+
+    def close(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class Eta:
+    """Seconds left, from the average time per step since the first logged step: the first interval (which
+    holds the compilation) is left out, and one slow interval (an evaluation, a save) moves it little."""
+
+    def __init__(self, total_steps: int):
+        self.total, self.since = total_steps, None  # since: (time, step) of the first log
+
+    def seconds(self, now: float, step: int, interval_step_time: float) -> float:
+        if self.since is None:
+            self.since = (now, step)
+        if step == self.since[1]:  # only the first interval is known yet
+            return interval_step_time * (self.total - step)
+        return (now - self.since[0]) / (step - self.since[1]) * (self.total - step)
+
+
+class TrainingDivergedError(ValueError):
+    """The loss, the gradient norm or the parameters stopped being finite."""
+
+
+def with_health(step_fn):
+    """``step_fn`` plus ``first_bad`` (int32 scalar in and out, 0 = none yet): the first step whose loss or gradient
+    norm is not finite. Tracked on the device, so checking it costs a sync only where the loop reads it (log steps
+    and before saves)."""
+
+    def fn(state, frozen, batch, first_bad):
+        new_state, metrics = step_fn(state, frozen, batch)
+        ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        return new_state, metrics, jnp.where((first_bad == 0) & ~ok, new_state["step"], first_bad)
+
+    return fn
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _finite_or_null(row: dict) -> dict:
+    """NaN / ±Inf values as None, so the line stays strict JSON (``null``)."""
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+
+
+def _append_metrics(path: str, row: dict):
+    with open(path, "a") as f:
+        f.write(json.dumps(_finite_or_null(row), allow_nan=False) + "\n")
+
+
+def _truncate_metrics(path: str, last_step: int):
+    """Rewrites ``metrics.jsonl`` without the rows of steps after ``last_step`` (a resumed run logs them again)
+    and without unreadable lines (a write cut short by a kill); NaN written by older versions becomes null.
+    Atomic: a temporary file renamed over the old one."""
+    if not os.path.exists(path):
+        return
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
+                rows.append(json.dumps(_finite_or_null(row), allow_nan=False) + "\n")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.writelines(rows)
+    os.replace(tmp, path)
+
+
+def _lock_run(workdir: str):
+    """The workdir lock for this run: process 0 takes it (the processes of one multi-process run share the
+    workdir); every process learns whether it got it, so all of a refused run stop with WorkdirBusyError."""
+    from hyperlora_jax.checkpoint import WorkdirBusyError, lock_workdir
+    lock, busy = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = lock_workdir(workdir)
+        except WorkdirBusyError as e:
+            busy = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        refused = bool(np.any(multihost_utils.process_allgather(np.array([busy is not None]))))
+        if refused and busy is None:
+            busy = WorkdirBusyError(f"workdir {workdir!r} is in use by another trainer (process 0 could not lock it)")
+    if busy is not None:
+        raise busy
+    return lock
 
 
 # ===== the whole run ==========================================================================================
 
 def run(config, workdir: str) -> dict:
-    """Trains per ``config`` in ``workdir`` (resuming from its checkpoints); returns a summary dict."""
+    """Trains per ``config`` in ``workdir`` (resuming from its checkpoints); returns a summary dict.
+
+    Refused up front (ValueError subclasses, one line each): bad config values (``config_defaults.validate``), a
+    workdir another trainer holds (WorkdirBusyError), a workdir of another configuration (CheckpointMismatchError).
+    Stops with TrainingDivergedError at the first step whose loss or gradient norm is not finite (checked at log
+    steps and before every save, which also checks the parameters): no checkpoint of a diverged state is written.
+    """
+    from hyperlora_jax.config_defaults import validate
+    validate(config)
+    maybe_initialize_distributed(config)
+    os.makedirs(workdir, exist_ok=True)
+    lock = _lock_run(workdir)
+    try:
+        return _run_locked(config, workdir)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _run_locked(config, workdir: str) -> dict:
     from hyperlora_jax.checkpoint import Checkpointer
     from hyperlora_jax.methods import get_method
-    from hyperlora_jax.optim import learning_rate_schedule, make_optimizer
-    from hyperlora_jax.sharding import host_batch_to_global, make_mesh, param_shardings, replicated
-    from hyperlora_jax.tb_events import EventWriter
+    from hyperlora_jax.optim import make_optimizer
+    from hyperlora_jax.sharding import make_mesh, param_shardings, replicated
 
-    maybe_initialize_distributed(config)
+    t_start = time.time()
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
 
     # ----- mesh ------------------------------------------------------------------------------------------------
     mesh = make_mesh(dict(config.mesh))
@@ -177,48 +333,92 @@ def run(config, workdir: str) -> dict:
     frozen_sh = jax.tree_util.tree_map(lambda x: x.sharding, frozen)
 
     # ----- the train step -------------------------------------------------------------------------------------
-    step_fn = make_train_step(method, tx, accum)
-    train_step = jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, None),
-                         donate_argnums=(0,), compiler_options=step_compiler_options())
+    step_fn = with_health(make_train_step(method, tx, accum))
+    train_step = QuietCompiles(jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, None, replicated(mesh)),
+                                       out_shardings=(state_sh, None, replicated(mesh)), donate_argnums=(0,),
+                                       compiler_options=step_compiler_options()))
 
     # ----- checkpoint restore ---------------------------------------------------------------------------------
     ckpt = Checkpointer(workdir, _fingerprint(method, abstract["params"]), keep=config.get("keep_checkpoints", 3),
                         best_metric=config.get("best_metric") or None, best_mode=config.get("best_mode", "min"),
                         async_save=config.get("async_checkpoints", True))
+    try:
+        return _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start)
+    finally:
+        ckpt.wait()  # an in-flight save of a good state completes, also when the run stops with an error
+        ckpt.close()
+
+
+def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start) -> dict:
+    """Restore, then the loop (metrics, evaluation, checkpoints, stop signals), then the final evaluation."""
+    from hyperlora_jax.optim import learning_rate_schedule
+    from hyperlora_jax.sharding import host_batch_to_global
+    from hyperlora_jax.tb_events import EventWriter
+
+    is_main = jax.process_index() == 0
     data = method.data_iterator(jax.process_index(), jax.process_count())
-    restored = ckpt.restore(state)
+    tried = []  # data positions tried on the iterator (those of set-aside checkpoints may have half-applied)
+
+    def apply_data(d):
+        tried.append(d)
+        data.set_state(d)
+
+    restored = ckpt.restore(state, data_template=data.get_state(), apply_data=apply_data)
     if restored is not None:
-        state, data_state, step0 = restored
-        data.set_state(data_state)
+        state, _, step0 = restored
         if is_main:
             log.info("resumed from step %d", step0)
-    elif config.get("init_from"):
-        params, src_step = ckpt.params_from(config.init_from, state["params"])
-        state = dict(state, params=params)
-        if is_main:
-            log.info("trainable parameters from %s (its step %d); fresh optimizer, step 0", config.init_from,
-                     src_step)
+    else:
+        if tried:
+            data = method.data_iterator(jax.process_index(), jax.process_count())
+        if config.get("init_from"):
+            params, src_step = ckpt.params_from(config.init_from, state["params"])
+            state = dict(state, params=params)
+            if is_main:
+                log.info("trainable parameters from %s (its step %d); fresh optimizer, step 0", config.init_from,
+                         src_step)
     start = int(state["step"])
     if is_main:  # after the fingerprint check: what `python -m hyperlora_jax.export` rebuilds the method from
         from hyperlora_jax.run_config import save_run_config
         save_run_config(workdir, config)
 
     # ----- the loop --------------------------------------------------------------------------------------------
-    writer = EventWriter(os.path.join(workdir, "tensorboard")) if is_main else None
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     schedule = learning_rate_schedule(config)
-    preempt = _Preemption()
+    if is_main:
+        _truncate_metrics(metrics_path, start)
+    writer = EventWriter(os.path.join(workdir, "tensorboard")) if is_main else None
+    first_bad = jnp.zeros((), jnp.int32)
     peak = _peak_flops()
     total, every = int(config.num_train_steps), int(config.get("log_every_steps", 10))
     ckpt_every, eval_every = int(config.get("checkpoint_every_steps", 0)), int(config.get("eval_every_steps", 0))
-    last_metrics, t_last, steps_since, tokens_since = {}, time.time(), 0, 0.0
-    t_first = None
+    last_metrics, t_last, steps_since = {}, time.time(), 0
+    eta = Eta(total)
+
+    def check_health(step, params_too=False):
+        """TrainingDivergedError unless every step so far had a finite loss and gradient norm (and, with
+        ``params_too``, the parameters are finite); syncs with the device."""
+        bad = int(first_bad)
+        if not bad and params_too and not bool(_all_finite(state["params"])):
+            bad = step
+        if bad:
+            newest = ckpt.latest_step()
+            raise TrainingDivergedError(
+                f"training diverged: the loss or gradient norm is not finite at step {bad}; stopped at step {step} "
+                "without saving it (" + (f"newest checkpoint: step {newest}" if newest is not None else
+                                         "no checkpoint") + "); try a lower learning_rate or more warmup_steps")
+
+    def save(step, **kw):
+        check_health(step, params_too=True)
+        ckpt.save(step, state, data.get_state(), **kw)
+
+    stop = _StopSignals()
     step = start
     exit_reason = "done"
-    if True:
+    try:
         while step < total:
             batch = host_batch_to_global(next(data), mesh)
-            state, metrics = train_step(state, frozen, batch)
+            state, metrics, first_bad = train_step(state, frozen, batch, first_bad)
             step += 1
             steps_since += 1
             if step % every == 0 or step == total:
@@ -231,62 +431,118 @@ def run(config, workdir: str) -> dict:
                 m["tokens_per_sec"] = tokens / (now - t_last) if now > t_last else 0.0
                 flops = method.flops_per_step(m["tokens_per_sec"] * dt) if hasattr(method, "flops_per_step") else 0
                 m["mfu"] = flops / dt / peak if peak and dt > 0 else float("nan")
-                if t_first is None:
-                    t_first = now
-                eta = dt * (total - step)
                 last_metrics = m
                 if is_main:
                     mfu = f"{100 * m['mfu']:.1f}%" if m["mfu"] == m["mfu"] else "n/a"
                     print(f"step {step}/{total} loss {m['loss']:.5f} tokens/s {m['tokens_per_sec']:.0f} "
-                          f"MFU {mfu} ETA {eta:.0f}s", flush=True)
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps({"step": step, **m}) + "\n")
+                          f"MFU {mfu} ETA {eta.seconds(now, step, dt):.0f}s", flush=True)
+                    _append_metrics(metrics_path, {"step": step, **m})
                     writer.scalars(step, {f"train/{k}": v for k, v in m.items() if v == v})
                 t_last, steps_since = now, 0
+                check_health(step)  # after the row is written: a diverged step shows its loss (null) and grad norm
             eval_metrics = None
             if eval_every and step % eval_every == 0 and hasattr(method, "evaluate"):
                 eval_metrics = method.evaluate(state["params"], frozen, workdir, step)
                 if is_main and eval_metrics:
                     writer.scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps({"step": step, **{f"eval/{k}": v for k, v in eval_metrics.items()}}) + "\n")
+                    _append_metrics(metrics_path, {"step": step, **{f"eval/{k}": v for k, v in eval_metrics.items()}})
             if (ckpt_every and step % ckpt_every == 0) or eval_metrics:
-                ckpt.save(step, state, data.get_state(),
-                          metrics={f"eval/{k}": v for k, v in (eval_metrics or {}).items()} or None)
+                save(step, metrics={f"eval/{k}": v for k, v in (eval_metrics or {}).items()} or None)
             if config.get("step_delay_s", 0.0):  # only for preemption tests: widen the window to kill
                 time.sleep(config.step_delay_s)
-            if preempt.any_process():
-                exit_reason = "preempted"
+            if stop.any_process():
+                exit_reason = "interrupted" if stop.received == signal.SIGINT else "preempted"
                 break
-    ckpt.save(step, state, data.get_state(), force=True)
-    ckpt.wait()
-    ckpt.close()
-    if writer:
-        writer.close()
+        save(step, force=True)
+        ckpt.wait()
+    finally:
+        stop.close()
+        if writer:
+            writer.close()
     if is_main:
         print(f"{exit_reason} at step {step}; checkpoint in {ckpt.dir}", flush=True)
     final_eval = None
     if exit_reason == "done" and hasattr(method, "final_evaluate"):
         final_eval = method.final_evaluate(state["params"], frozen, workdir)
+        results = os.path.join(workdir, "eval", "results.json")
+        if is_main and os.path.exists(results) and os.path.getmtime(results) >= t_start:
+            print(f"results in {results}", flush=True)
     return {"step": step, "reason": exit_reason, "metrics": last_metrics, "state": state, "final_eval": final_eval}
 
 
 # ===== command line ===========================================================================================
 
-def main(argv):
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds configs/ in a checkout
+
+
+def resolve_config_path(spec: str) -> str:
+    """``PATH[:PRESET]`` with PATH made to exist: as given (relative to the working directory), else a relative PATH
+    is looked up in the directory above the hyperlora_jax package (a source checkout or an editable install, whose
+    ``configs/`` is there), so ``--config=configs/d2l.py:toy`` works from any directory. OSError when neither
+    exists."""
+    path, sep, preset = spec.partition(":")
+    if os.path.isfile(path):
+        return spec
+    candidate = os.path.join(REPO_ROOT, path)
+    if not os.path.isabs(path) and os.path.isfile(candidate):
+        return candidate + sep + preset
+    where = f" (nor in {REPO_ROOT})" if not os.path.isabs(path) else ""
+    raise FileNotFoundError(f"config file {path!r} not found{where}")
+
+
+def _flag_error_line(e: BaseException, argv) -> str:
+    """One line for an error from parsing the flags (the config file, its preset, the --config.KEY overrides)."""
+    import re
+    text = str(e.args[0]) if len(e.args) == 1 else str(e)
+    if isinstance(e, (KeyError, AttributeError)):  # ml_collections: an override of a key the config lacks
+        plain = text.replace("\\'", "'").replace("\\n", "\n")
+        key, hint = re.search(r"'(\w+)'", plain), re.search(r'Did you mean "([\w.]+)"', plain)
+        if key:
+            key = key.group(1)
+            flag = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.")
+                         and key in a.split("=", 1)[0][len("--config."):].split(".")), f"--config.{key}")
+            return f"{flag}: no such config key {key!r}" + (f" (did you mean {hint.group(1)}?)" if hint else "")
+    lines = [l.strip() for l in str(text).splitlines() if l.strip() and not l.startswith("Pass --help")]
+    last = lines[-1] if lines else type(e).__name__
+    return re.sub(r"^(?:[\w.]+(?:Error|Exception)): ", "", last)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with every error as one ``error: ...`` line and exit status 2, and ``--config`` resolved
+    by ``resolve_config_path``."""
     from absl import flags
+    argv = list(argv)
+    try:
+        for i, a in enumerate(argv):
+            if a.startswith("--config="):
+                argv[i] = "--config=" + resolve_config_path(a[len("--config="):])
+            elif a == "--config" and i + 1 < len(argv):
+                argv[i + 1] = resolve_config_path(argv[i + 1])
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 - anything raised while loading the config is a bad flag
+        print(f"error: {_flag_error_line(e, argv)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def main(argv):
+    """The trainer's body after flag parsing. Exit status: 0 done or preempted (SIGTERM; checkpoint saved),
+    130 interrupted (SIGINT; checkpoint saved), 2 an error (one line on stderr: bad config, busy workdir, a
+    checkpoint of another configuration, divergence)."""
+    from absl import flags
+    from absl import logging as absl_logging
+
+    from hyperlora_jax import cli
     del argv
     FLAGS = flags.FLAGS
-    from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save step at INFO
     log.setLevel(logging.INFO)
-    from hyperlora_jax.checkpoint import CheckpointMismatchError
-    from hyperlora_jax.sharding import MeshError
     try:
-        run(FLAGS.config, FLAGS.workdir)
-    except (MeshError, CheckpointMismatchError, ValueError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        status = cli.run(lambda _: 130 if run(FLAGS.config, FLAGS.workdir)["reason"] == "interrupted" else 0,
+                         exit=False)
+    except KeyboardInterrupt:  # a second Ctrl-C outside the loop (e.g. during the final evaluation)
+        print("error: interrupted", file=sys.stderr, flush=True)
+        status = 130
+    sys.exit(status)
 
 
 def _define_flags():
@@ -300,4 +556,4 @@ def _define_flags():
 if __name__ == "__main__":
     from absl import app
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
