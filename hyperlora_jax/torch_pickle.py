@@ -60,6 +60,8 @@ from typing import Any, Iterable
 import ml_dtypes
 import numpy as np
 
+from hyperlora_jax.io.expansion import ExpansionLimit, expanded_size
+
 __all__ = ["load", "Record", "UnsafeCheckpointError", "TorchCheckpointError", "D2L_RECORDS", "D2L_ENUMS"]
 
 
@@ -618,40 +620,15 @@ def _children(x):
 
 def _check_structure(obj, path: str):
     """Refuses reference cycles, nesting deeper than ``_MAX_DEPTH`` and more than ``_MAX_NODES`` objects counted
-    with shared references expanded (what a recursive walk such as ``Record.to_dict`` or ``json.dump`` would visit).
-    Iterative and linear in the number of distinct objects."""
-    if _children(obj) is None:
-        return
-    done: dict[int, int] = {}            # id -> expanded size of a finished container
-    stack = [[obj, iter(_children(obj)), 1]]
-    on_path = {id(obj)}
-    while stack:
-        frame = stack[-1]
-        for child in frame[1]:
-            kids = _children(child)
-            if kids is None:
-                frame[2] += 1
-            elif id(child) in done:
-                frame[2] += done[id(child)]
-            elif id(child) in on_path:
-                raise TorchCheckpointError(f"{path}: checkpoint pickle contains a reference cycle")
-            else:
-                if len(stack) >= _MAX_DEPTH:
-                    raise TorchCheckpointError(f"{path}: checkpoint pickle nests deeper than {_MAX_DEPTH} levels")
-                stack.append([child, iter(kids), 1])
-                on_path.add(id(child))
-                break
-            if frame[2] > _MAX_NODES:
-                break
-        else:
-            stack.pop()
-            on_path.discard(id(frame[0]))
-            done[id(frame[0])] = frame[2]
-            if stack:
-                stack[-1][2] += frame[2]
-        if frame[2] > _MAX_NODES or (stack and stack[-1][2] > _MAX_NODES):
-            raise TorchCheckpointError(f"{path}: checkpoint pickle expands to more than {_MAX_NODES} objects "
-                                       f"(shared references counted at each use)")
+    with shared references expanded (what a recursive walk such as ``Record.to_dict`` or ``json.dump`` would visit)."""
+    try:
+        expanded_size(obj, _children, _MAX_NODES, _MAX_DEPTH)
+    except ExpansionLimit as e:
+        raise TorchCheckpointError(path + {
+            "cycle": ": checkpoint pickle contains a reference cycle",
+            "depth": f": checkpoint pickle nests deeper than {_MAX_DEPTH} levels",
+            "nodes": f": checkpoint pickle expands to more than {_MAX_NODES} objects (shared references counted at "
+                     f"each use)"}[e.kind]) from None
 
 
 def load(path: str | os.PathLike, *, records: Iterable[str] = (), enums: Iterable[str] = (),

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from hyperlora_jax.io.expansion import ExpansionLimit, expanded_size
+
 MAX_BYTES = 1 << 20
 MAX_NODES = 100_000
 MAX_DEPTH = 200
@@ -46,48 +48,24 @@ _SafeArgsLoader.add_constructor("tag:yaml.org,2002:python/tuple",
                                 lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
 
 
-def _children(node) -> list:
+def _children(node):
+    """The child nodes of a YAML node (None for a scalar)."""
     if isinstance(node, yaml.SequenceNode):
         return node.value
     if isinstance(node, yaml.MappingNode):
         return [n for kv in node.value for n in kv]
-    return []
+    return None
 
 
 def check_expansion(root, where: str = "YAML document") -> int:
-    """The node count of ``root`` with every alias expanded; YamlError past MAX_NODES / MAX_DEPTH or on a cycle.
-
-    Iterative and linear in the number of distinct nodes (sizes of shared nodes are memoised)."""
-    done: dict[int, int] = {}
-    stack = [[root, iter(_children(root)), 1]]
-    on_path = {id(root)}
-    while stack:
-        frame = stack[-1]
-        for child in frame[1]:
-            if id(child) in done:
-                frame[2] += done[id(child)]
-            elif id(child) in on_path:
-                raise YamlError(f"{where}: recursive alias (a node contains itself)")
-            elif _children(child):
-                if len(stack) >= MAX_DEPTH:
-                    raise YamlError(f"{where}: nested deeper than {MAX_DEPTH} levels")
-                stack.append([child, iter(_children(child)), 1])
-                on_path.add(id(child))
-                break
-            else:
-                frame[2] += 1
-            if frame[2] > MAX_NODES:
-                break
-        else:
-            stack.pop()
-            on_path.discard(id(frame[0]))
-            done[id(frame[0])] = frame[2]
-            if stack:
-                stack[-1][2] += frame[2]
-        if frame[2] > MAX_NODES or (stack and stack[-1][2] > MAX_NODES):
-            raise YamlError(f"{where}: expands to more than {MAX_NODES} nodes once aliases are resolved "
-                            f"(alias bomb?)")
-    return done.get(id(root), 1)
+    """The node count of ``root`` with every alias expanded; YamlError past MAX_NODES / MAX_DEPTH or on a cycle."""
+    try:
+        return expanded_size(root, _children, MAX_NODES, MAX_DEPTH)
+    except ExpansionLimit as e:
+        raise YamlError({"cycle": f"{where}: recursive alias (a node contains itself)",
+                         "depth": f"{where}: nested deeper than {MAX_DEPTH} levels",
+                         "nodes": f"{where}: expands to more than {MAX_NODES} nodes once aliases are resolved "
+                                  f"(alias bomb?)"}[e.kind]) from None
 
 
 def load_yaml(path: str) -> Any:
