@@ -36,6 +36,29 @@ class WorkdirBusyError(ValueError):
     """Another trainer holds the workdir's lock."""
 
 
+class CheckpointLookupError(ValueError):
+    """A requested checkpoint step that is not there, or whose metadata cannot be read (one line)."""
+
+
+def step_and_meta(mgr, ckdir: str, step: int | None = None) -> tuple[int, dict]:
+    """(step, saved metadata) of the newest complete step of an open Orbax CheckpointManager over ``ckdir``, or of
+    ``step``; CheckpointLookupError when there is none / no such step / unreadable metadata."""
+    import orbax.checkpoint as ocp
+
+    steps = sorted(mgr.all_steps())
+    if not steps:
+        raise CheckpointLookupError(f"{ckdir} holds no complete checkpoint")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise CheckpointLookupError(f"{ckdir} has no step {step} (steps: {', '.join(map(str, steps))})")
+    try:
+        meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # noqa: BLE001 - any orbax failure is one message
+        raise CheckpointLookupError(f"cannot read the metadata of {ckdir}/{step}: {type(e).__name__}") from None
+    return int(step), dict(meta or {})
+
+
 def lock_workdir(workdir: str):
     """An exclusive ``flock`` on ``WORKDIR/.lock``, held while the returned open file is (close it, or exit, to
     release: a killed trainer never leaves a stale lock). WorkdirBusyError, naming the holder, when another process

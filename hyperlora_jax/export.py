@@ -49,23 +49,16 @@ def _workdir_and_ckdir(workdir: str) -> tuple[str, str]:
 def _steps_and_meta(ckdir: str, step: int | None) -> tuple[int, dict]:
     import orbax.checkpoint as ocp
 
+    from hyperlora_jax.checkpoint import CheckpointLookupError, step_and_meta
+
     mgr = ocp.CheckpointManager(ckdir, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
                                 item_names=("state", "data", "meta"))
     try:
-        steps = sorted(mgr.all_steps())
-        if not steps:
-            raise ExportError(f"{ckdir} holds no complete checkpoint")
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
-            raise ExportError(f"{ckdir} has no step {step} (steps: {', '.join(map(str, steps))})")
-        try:
-            meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as e:  # noqa: BLE001 - any orbax failure is one message
-            raise ExportError(f"cannot read the metadata of {ckdir}/{step}: {type(e).__name__}") from None
+        return step_and_meta(mgr, ckdir, step)
+    except CheckpointLookupError as e:
+        raise ExportError(str(e)) from None
     finally:
         mgr.close()
-    return int(step), dict(meta or {})
 
 
 def _abs_dir(path) -> str | None:

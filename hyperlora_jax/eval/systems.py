@@ -69,7 +69,7 @@ def restore_trainable(method, config, workdir: str, step: Optional[int] = None):
     ``checkpoints_best/``), after the fingerprint check."""
     import orbax.checkpoint as ocp
 
-    from hyperlora_jax.checkpoint import CheckpointMismatchError
+    from hyperlora_jax.checkpoint import CheckpointLookupError, CheckpointMismatchError, step_and_meta
     from hyperlora_jax.optim import make_optimizer
     from hyperlora_jax.sharding import param_shardings, replicated
     from hyperlora_jax.train import _fingerprint
@@ -92,17 +92,10 @@ def restore_trainable(method, config, workdir: str, step: Optional[int] = None):
     mgr = ocp.CheckpointManager(ckdir, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
                                 item_names=("state", "data", "meta"))
     try:
-        steps = sorted(mgr.all_steps())
-        if not steps:
-            raise EvalSetupError(f"{ckdir} holds no checkpoint")
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
-            raise EvalSetupError(f"{ckdir} has no step {step} (steps: {', '.join(map(str, steps))})")
         try:
-            meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as e:  # noqa: BLE001 - any orbax failure is one message
-            raise EvalSetupError(f"cannot read the metadata of {ckdir}/{step}: {type(e).__name__}") from None
+            step, meta = step_and_meta(mgr, ckdir, step)
+        except CheckpointLookupError as e:
+            raise EvalSetupError(str(e)) from None
         diffs = [f"{k}: checkpoint has {meta.get(k)!r}, this config has {v!r}" for k, v in fp.items()
                  if meta.get(k) != v]
         diffs += [f"{k}: checkpoint has {meta[k]!r}, this config has none" for k in meta if k not in fp]
