@@ -72,7 +72,7 @@ def baseline(tmp_path_factory):
 @pytest.mark.parametrize("args, line", [
     (["--config=configs/d2l.py:nosuch"],
      "unknown preset 'nosuch' for configs/d2l.py (toy, gemma2_2b, mistral_7b, qwen3_4b, their *_chunked stage 2, "
-     "gemma2_2b_niah)"),
+     "gemma2_2b_niah, smollm2)"),
     (["--config=configs/lm.py:tiny", "--config.learning_rat=0.1"],
      "--config.learning_rat: no such config key 'learning_rat' (did you mean learning_rate?)"),
     (["--config=configs/lm.py:tiny", "--config.model.hf_config.hiden_size=8"],
