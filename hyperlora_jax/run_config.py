@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+
+from hyperlora_jax.io.atomic import write_text
 
 FORMAT = "hyperlora_jax.train_config"
 FORMAT_VERSION = 1
@@ -25,18 +26,7 @@ class RunConfigError(ValueError):
 def save_run_config(workdir: str, config) -> str:
     """Writes ``config`` (an ml_collections ConfigDict) to ``workdir/config.json`` atomically; returns the path."""
     body = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.loads(config.to_json_best_effort())}
-    path = os.path.join(workdir, FILE)
-    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=f".{FILE}.tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(body, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_text(os.path.join(workdir, FILE), json.dumps(body, indent=1) + "\n")
 
 
 def _tuples(x):

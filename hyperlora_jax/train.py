@@ -250,10 +250,8 @@ def _truncate_metrics(path: str, last_step: int):
                 continue
             if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
                 rows.append(json.dumps(_finite_or_null(row), allow_nan=False) + "\n")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.writelines(rows)
-    os.replace(tmp, path)
+    from hyperlora_jax.io.atomic import write_text
+    write_text(path, "".join(rows))
 
 
 def _lock_run(workdir: str):

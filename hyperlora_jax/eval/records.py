@@ -18,6 +18,8 @@ import math
 import os
 from typing import Iterable, Sequence
 
+from hyperlora_jax.io.atomic import write_text
+
 import numpy as np
 
 METRICS = ("exact_match", "rouge_l", "f1", "accuracy", "accuracy_norm")  # in table column order
@@ -145,10 +147,7 @@ def write_results(rows: Sequence[dict], workdir: str, name: str) -> tuple[str, s
     os.makedirs(out_dir, exist_ok=True)
     jpath, mpath = os.path.join(out_dir, f"{name}.json"), os.path.join(out_dir, f"{name}.md")
     for path, text in ((jpath, json.dumps(list(rows), indent=1) + "\n"), (mpath, markdown(rows) + "\n")):
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_text(path, text)
     return jpath, mpath
 
 

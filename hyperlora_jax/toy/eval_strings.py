@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperlora_jax.eval.answering import chat_ids
+from hyperlora_jax.io.atomic import write_text
 from hyperlora_jax.lora import Adapter
 from hyperlora_jax.toy import string_tasks as st
 
@@ -183,11 +184,7 @@ def write_results(rows: list[dict], workdir: str) -> str:
     out_dir = os.path.join(workdir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.json")
-    tmp = path + f".tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(rows, f, indent=1)
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(rows, indent=1))
 
 
 def evaluate_t2l_run(method, trainable, workdir: str) -> dict:
