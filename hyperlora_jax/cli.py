@@ -7,6 +7,10 @@ import sys
 
 DTYPES = ("float32", "bfloat16")
 
+# The command-line tools never use transformers' PyTorch models (only tokenizers and configs): its advisory
+# "PyTorch was not found" line on every start of a torch-free install is noise.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
 
 class UsageError(ValueError):
     """Bad command-line input."""
