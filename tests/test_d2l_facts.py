@@ -1,23 +1,17 @@
 """Generated fictional-fact documents (toy/fictional_facts.py), the d2l source ``fictional_facts`` and the
 configs/d2l.py:smollm2 preset (smoke: a few KD steps on a tiny chat model standing in for SmolLM2)."""
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 
 from hf_tiny import copy_tokenizer, make_tiny
 from hyperlora_jax.toy.fictional_facts import FictionalFacts
+from repo_configs import config_module
 
 
 def _config_module():
-    spec = importlib.util.spec_from_file_location(
-        "d2l_cfg", os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "d2l.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
+    return config_module("d2l")
 
 def test_records_are_deterministic_varied_and_answerable():
     world = FictionalFacts(500, seed=3, min_facts=2, max_facts=5)

@@ -1,12 +1,12 @@
 """The d2l trainer plug-in: objective arithmetic against NumPy, and the toy preset end to end (few steps)."""
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from repo_configs import get_config
 from hyperlora_jax.methods.d2l import kd_loss, per_doc_mean
 
 
@@ -42,12 +42,7 @@ def test_per_doc_mean_weights_documents_equally():
 
 
 def _toy_config():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "d2l_cfg", os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "d2l.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config("toy")
+    return get_config("d2l", "toy")
 
 
 def test_toy_preset_trains_and_writes_the_niah_table(tmp_path):

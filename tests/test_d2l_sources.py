@@ -1,5 +1,4 @@
 """The d2l training sources d2l_qa / niah: a prepared TFDS split → chunk slots + student (and kd teacher) rows."""
-import importlib.util
 import json
 import os
 
@@ -8,17 +7,13 @@ import pytest
 
 from conftest import DATA
 from hf_tiny import copy_tokenizer, make_tiny
+from repo_configs import config_module
 
 WORDS = "alpha beta gamma delta omega river stone cloud maple cedar".split()
 
 
 def _config_module():
-    spec = importlib.util.spec_from_file_location(
-        "d2l_cfg", os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "d2l.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
+    return config_module("d2l")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA
+from repo_configs import get_config
 from hyperlora_jax import evaluate
 from hyperlora_jax.eval import metrics, records
 
@@ -92,11 +93,7 @@ def trained_workdir(tmp_path_factory):
 
 
 def _config(path, preset):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f"cfg_{os.path.basename(path)}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(preset)
+    return get_config(path, preset)
 
 
 def test_cli_toy_d2l_all_methods_from_training_checkpoint(trained_workdir, capsys):

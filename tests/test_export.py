@@ -6,7 +6,6 @@ T2L records its training LoRA scale and generate_lora applies it by default; bad
 Fixtures train the toy presets (configs/d2l.py:toy, configs/t2l.py:toy) for 2 steps with a checkpoint per step
 (no final evaluation): ~25 s each on 2 busy CPU cores.
 """
-import importlib.util
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from repo_configs import get_config
 from hyperlora_jax import cli, export, generate, generate_lora, internalize, train
 from hyperlora_jax.peft_io import import_peft
 
@@ -25,10 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(name, preset):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(REPO, "configs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(preset)
+    return get_config(name, preset)
 
 
 def _short(config, steps=2):

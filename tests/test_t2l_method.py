@@ -1,7 +1,6 @@
 """The T2L trainer plug-in (method 't2l'): SFT steps of the tiny preset through ``train.run`` lower the loss; the SFT
 loss of one batch equals a direct NumPy computation (label-smoothed CE on response tokens + L2 on A/B); the
 reconstruction mode moves the generated LoRAs toward oracle LoRAs; chat formatting, truncation and masks."""
-import importlib.util
 import json
 import os
 
@@ -11,17 +10,14 @@ import numpy as np
 import pytest
 
 from conftest import DATA
+from repo_configs import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(DATA, "t2l", "base_model_llama")
 
 
 def tiny_config(preset="tiny"):
-    spec = importlib.util.spec_from_file_location("t2l_config", os.path.join(ROOT, "configs", "t2l.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(preset)
-
+    return get_config("t2l", preset)
 
 def _losses(workdir, key="loss"):
     rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]

@@ -1,6 +1,5 @@
 """The T2L toy world (string tasks): task functions, the description splits, the shipped string base and LoRAs, and
 ``configs/t2l.py:toy`` end to end (2 steps, tiny evaluation) into a well-formed WORKDIR/eval/results.json."""
-import importlib.util
 import json
 import os
 
@@ -10,16 +9,13 @@ import numpy as np
 import pytest
 
 from hyperlora_jax.toy import string_tasks as st
+from repo_configs import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(name: str, preset: str):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(preset)
-
+    return get_config(name, preset)
 
 # ============================================================================================ tasks and splits
 @pytest.mark.parametrize("task, word, answer", [
