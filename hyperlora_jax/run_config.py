@@ -13,6 +13,7 @@ import json
 import os
 
 from hyperlora_jax.io.atomic import write_text
+from hyperlora_jax.io.format_json import read_format_json
 
 FORMAT = "hyperlora_jax.train_config"
 FORMAT_VERSION = 1
@@ -42,18 +43,11 @@ def load_run_config(workdir: str):
     import ml_collections
 
     path = os.path.join(workdir, FILE)
-    if not os.path.isfile(path):
-        raise RunConfigError(
-            f"{workdir!r} has no {FILE} (runs started before the trainer saved its config do not have it): rerun "
-            f"the same `python -m hyperlora_jax.train --config=... --workdir={workdir}` command with "
-            f"--config.num_train_steps=<its last step> to write it (resumes, trains no further step)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            body = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunConfigError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(body, dict) or body.get("format") != FORMAT or not isinstance(body.get("config"), dict):
-        raise RunConfigError(f"{path} is not a hyperlora_jax training config (format {FORMAT!r})")
-    if body.get("format_version") != FORMAT_VERSION:
-        raise RunConfigError(f"{path}: format_version {body.get('format_version')!r} is not supported")
+    body = read_format_json(
+        path, FORMAT, FORMAT_VERSION, RunConfigError,
+        missing=f"{workdir!r} has no {FILE} (runs started before the trainer saved its config do not have it): "
+                f"rerun the same `python -m hyperlora_jax.train --config=... --workdir={workdir}` command with "
+                f"--config.num_train_steps=<its last step> to write it (resumes, trains no further step)")
+    if not isinstance(body.get("config"), dict):
+        raise RunConfigError(f"{path} is not a hyperlora_jax training config (no 'config' object)")
     return ml_collections.ConfigDict(_tuples(body["config"]))

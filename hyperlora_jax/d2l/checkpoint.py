@@ -33,6 +33,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from hyperlora_jax import safetensors_io, torch_pickle
 from hyperlora_jax.d2l.checkpoint_map import config_from_state_dict, expected_torch_shapes, torch_to_flax
 from hyperlora_jax.d2l.hypernet import D2LHypernetConfig, init_params
+from hyperlora_jax.io.format_json import read_format_json
 from hyperlora_jax.d2l.perceiver import PerceiverConfig
 from hyperlora_jax.peft_io import atomic_write_dir
 
@@ -122,19 +123,10 @@ def save(dst: str, params, cfg: D2LHypernetConfig, meta: D2LMeta, *, overwrite: 
 
 def load(path: str) -> tuple[dict, D2LHypernetConfig, D2LMeta]:
     """Reads a directory written by :func:`save`: (params, hypernet config, meta)."""
-    cfg_path = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(cfg_path):
-        raise D2LCheckpointError(f"{path!r} has no {CONFIG_FILE}; not a hyperlora_jax D2L checkpoint "
-                                 f"(convert a reference checkpoint with `python -m hyperlora_jax.convert d2l`)")
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise D2LCheckpointError(f"{cfg_path} is not valid JSON: {e}") from None
-    if config.get("format") != FORMAT:
-        raise D2LCheckpointError(f"{cfg_path}: format {config.get('format')!r}, expected {FORMAT!r}")
-    if config.get("format_version") != FORMAT_VERSION:
-        raise D2LCheckpointError(f"{cfg_path}: format_version {config.get('format_version')!r} is not supported")
+    config = read_format_json(
+        os.path.join(path, CONFIG_FILE), FORMAT, FORMAT_VERSION, D2LCheckpointError,
+        missing=f"{path!r} has no {CONFIG_FILE}; not a hyperlora_jax D2L checkpoint (convert a reference checkpoint "
+                f"with `python -m hyperlora_jax.convert d2l`)")
     cfg = config_from_dict(config["hypernet"])
     try:
         flat = safetensors_io.load_file(os.path.join(path, PARAMS_FILE))

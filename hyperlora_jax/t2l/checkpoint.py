@@ -33,6 +33,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from hyperlora_jax import safetensors_io, torch_pickle
+from hyperlora_jax.io.format_json import read_format_json
 from hyperlora_jax.io.safe_yaml import load_yaml
 from hyperlora_jax.peft_io import atomic_write_dir
 from hyperlora_jax.t2l.hypernet import T2LConfig, param_shapes
@@ -309,15 +310,8 @@ def _check_flat(flat: Mapping[str, np.ndarray], shapes: Mapping[str, tuple], wha
 
 def load(path: str) -> tuple[dict, T2LConfig, dict]:
     """Reads a directory written by :func:`save`: returns (params, cfg, config dict)."""
-    cfg_path = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(cfg_path):
-        raise ValueError(f"{path}: no {CONFIG_FILE}; not a hyperlora_jax T2L checkpoint")
-    with open(cfg_path, encoding="utf-8") as f:
-        config = json.load(f)
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path}: format {config.get('format')!r}, expected {FORMAT!r}")
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{cfg_path}: format_version {config.get('format_version')!r} is not supported")
+    config = read_format_json(os.path.join(path, CONFIG_FILE), FORMAT, FORMAT_VERSION,
+                              missing=f"{path}: no {CONFIG_FILE}; not a hyperlora_jax T2L checkpoint")
     cfg = T2LConfig.from_dict(config["hypernet"])
     if config.get("lora_scale") is not None:
         cfg.scale(config["lora_scale"])  # an unknown recorded convention is an error, not a silent default
