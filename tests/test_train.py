@@ -14,6 +14,8 @@ import time
 import numpy as np
 import pytest
 
+from checkpoint_state import saved_state
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "lm.py") + ":tiny"
 STEPS = 8
@@ -42,11 +44,7 @@ def losses(workdir):
 
 
 def final_state(workdir, step=STEPS):
-    import orbax.checkpoint as ocp
-    with ocp.StandardCheckpointer() as c:
-        state = c.restore(os.path.join(workdir, "checkpoints", str(step), "state"))
-    import jax
-    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)}
+    return saved_state(workdir, step)
 
 
 @pytest.fixture(scope="module")

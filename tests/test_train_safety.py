@@ -17,6 +17,8 @@ import time
 import numpy as np
 import pytest
 
+from checkpoint_state import saved_state
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
 
@@ -49,14 +51,6 @@ def steps_of(workdir):
 
 def checkpoint_steps(workdir):
     return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
-
-
-def saved_state(workdir, step):
-    import jax
-    import orbax.checkpoint as ocp
-    with ocp.StandardCheckpointer() as c:
-        state = c.restore(os.path.join(workdir, "checkpoints", str(step), "state"))
-    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(state)}
 
 
 @pytest.fixture(scope="module")
