@@ -16,7 +16,9 @@ Presets:
   mistral_7b, qwen3_4b   the main experiment on those base models (same hyperparameters).
   smollm2         skeleton for SmolLM2-135M-Instruct (model.base_model = the directory `convert gguf` wrote):
                   early_exit at layer 7 (L//4), Perceiver 256 wide x 4 blocks, KD with the base as its own teacher
-                  (the document in its context), on generated fictional facts (data.source fictional_facts).
+                  (the document in its context), on generated fictional facts (data.source fictional_facts,
+                  documents of 1..3 entity paragraphs), 32 documents per step packed 8 per row; evaluate with
+                  `python -m hyperlora_jax.evaluate --suites facts --lengths 128,256,512,1024` (eval/facts.py).
 The published presets need model.base_model (a local HF directory), a prepared dataset and, for *_chunked,
 init_from (the stage-1 workdir); paths are placeholders to override on the command line, e.g.
   --config.model.base_model=/models/gemma-2-2b-it --config.data.tfds_dir=/data/tfds --config.data.tfds_name=d2l_qa/mine
@@ -133,10 +135,11 @@ def get_config(preset: str = "toy"):
                             num_kv_heads=2))
         c.loss.update(dict(kind="kd", top_k=16, l1_coef=0.1, neftune_alpha=5.0))
         c.data.update(dict(source="fictional_facts", chunk_tokens=128, min_chunk_tokens=25, max_chunks=4,
-                           chunk_probs=(0.5, 0.25, 0.125, 0.125), query_len=96, max_response_tokens=16,
-                           teacher_len=0))
+                           chunk_probs=(0.4, 0.2, 0.2, 0.2), query_len=96, max_response_tokens=16,
+                           teacher_len=0, pack_docs=8))
         c.data.num_documents, c.data.facts_seed, c.data.min_facts, c.data.max_facts = 100_000, 0, 3, 7
-        c.num_train_steps, c.batch_size, c.grad_accum_steps = 5_000, 16, 1
+        c.data.min_entities, c.data.max_entities = 1, 3  # documents of 1..3 paragraphs (~60..350 tokens)
+        c.num_train_steps, c.batch_size, c.grad_accum_steps = 5_000, 32, 1
         c.learning_rate, c.warmup_steps, c.end_lr_factor = 1e-4, 100, 0.1
         c.checkpoint_every_steps, c.log_every_steps = 1000, 20
     else:

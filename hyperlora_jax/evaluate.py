@@ -5,6 +5,8 @@ Suites (``--suites``, default by the config's method: d2l → niah (+ qa when --
   niah       NIAH exact match and ROUGE-L by length bin (eval/niah.py): the toy generator at ``--lengths``
              (default config ``eval.lengths``) in the toy world, or reference-format JSONL (``--niah_file``)
   qa         closed-book QA token F1 / EM / ROUGE-L from local JSONL (``--qa_file``; eval/qa.py)
+  facts      generated fictional-fact QA (no download) at document lengths ``--lengths`` (tokens; default config
+             ``eval.lengths``), exact match / token F1 / contains (eval/facts.py): for real base models, e.g. SmolLM2
   t2l_bench  T2L benchmark prompts, multiple choice by log-likelihood or generation (``--bench_file``;
              eval/t2l_bench.py)
 Document suites compare no_context, in_context, in_context_truncated (middle-truncated to ``--truncate_to`` tokens,
@@ -25,6 +27,8 @@ Examples:
       --cd_steps 50 --cd_lr 1e-2 --qa_file my_qa.jsonl
   python -m hyperlora_jax.evaluate --config=configs/d2l.py:gemma2_2b --checkpoint ckpt/d2l_gemma \\
       --config.model.base_model=models/gemma-2-2b-it --suites qa --qa_file squad.jsonl --workdir /tmp/ev
+  python -m hyperlora_jax.evaluate --config=configs/d2l.py:smollm2 --checkpoint /tmp/d2l_smol \\
+      --config.model.base_model=models/smollm2 --suites facts --lengths 128,256,512,1024 --n 64
   python -m hyperlora_jax.evaluate --config=configs/t2l.py:tiny --checkpoint ckpt/t2l_L --bench_file arc.jsonl \\
       --workdir /tmp/ev
 """
@@ -35,7 +39,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-SUITES = ("niah", "qa", "t2l_bench")
+SUITES = ("niah", "qa", "facts", "t2l_bench")
 
 
 @dataclasses.dataclass
@@ -137,11 +141,13 @@ def run(config, opts: Options) -> list[dict]:
         methods = check_methods(list(opts.methods) or list(DOC_METHODS))
         if "niah" in suites and not opts.niah_files and not (opts.lengths or ev.get("lengths")):
             raise ValueError("the niah suite needs --lengths (toy generator) or --niah_file FILE.jsonl")
+        if "facts" in suites and not (opts.lengths or ev.get("lengths")):
+            raise ValueError("the facts suite needs --lengths (document tokens, e.g. 128,256,512)")
         system = load_d2l(config, opts.checkpoint, opts.step)
         if system.source == RANDOM_INIT:
             print("warning: no --checkpoint: the D2L hypernetwork is randomly initialised (rows 'd2l (random init)')",
                   file=sys.stderr)
-        max_new = int(opts.max_new_tokens or (8 if system.toy else 256))
+        max_new = int(opts.max_new_tokens or (8 if system.toy else 32 if suites == ["facts"] else 256))
         cd = CDOptions(steps=opts.cd_steps, lr=opts.cd_lr, rank=opts.cd_rank, alpha=opts.cd_alpha,
                        top_k=opts.cd_top_k, target_modules=tuple(system.d2l.hyper_cfg.target_modules),
                        response_tokens=max_new, seed=seed)
@@ -158,6 +164,10 @@ def run(config, opts: Options) -> list[dict]:
                 lengths = [int(x) for x in (opts.lengths or ev.get("lengths"))]
                 rows += niah.evaluate(system, niah.toy_examples(system.tok, lengths, n, seed), "toy_niah", methods,
                                       **kw)
+        if "facts" in suites:
+            from hyperlora_jax.eval import facts
+            lengths = [int(x) for x in (opts.lengths or ev.get("lengths"))]
+            rows += facts.evaluate(system, facts.facts_examples(system.tok, lengths, n, seed), methods, **kw)
         if "qa" in suites:
             template = opts.qa_template or ("{question}" if system.toy else qa.QA_TEMPLATE)
             for f in opts.qa_files:
@@ -209,7 +219,8 @@ def define_flags(fv, argv: Sequence[str]):
     flags.DEFINE_string("methods", "", "comma-separated methods (default: all of the suite)", **kw)
     flags.DEFINE_integer("n", None, "examples per length bin / per file, drawn with the seed; a file with fewer "
                          "rows is used whole (default: config eval.n, else 500 as the references)", **kw)
-    flags.DEFINE_string("lengths", "", "toy NIAH lengths, e.g. 64,128,256 (default: config eval.lengths)", **kw)
+    flags.DEFINE_string("lengths", "", "toy NIAH lengths / facts document tokens, e.g. 64,128,256 (default: config "
+                        "eval.lengths)", **kw)
     flags.DEFINE_multi_string("niah_file", [], "NIAH JSONL {context, prompt, response} (repeatable)", **kw)
     flags.DEFINE_multi_string("qa_file", [], "QA JSONL {context, question, answers} (repeatable)", **kw)
     flags.DEFINE_multi_string("bench_file", [], "T2L benchmark JSONL {description, prompt, answer, choices?, labels?, "
@@ -217,7 +228,8 @@ def define_flags(fv, argv: Sequence[str]):
     flags.DEFINE_string("length_bins", "", "edges of context-length bins in tokens for JSONL data, e.g. 128,512",
                         **kw)
     flags.DEFINE_integer("batch_size", None, "examples per batch (default: config eval.batch_size, else 8)", **kw)
-    flags.DEFINE_integer("max_new_tokens", None, "greedy answer length (default: 8 in the toy world, else 256)",
+    flags.DEFINE_integer("max_new_tokens", None, "greedy answer length (default: 8 in the toy world, 32 for the "
+                         "facts suite alone, else 256)",
                          **kw)
     flags.DEFINE_string("qa_template", None, "question turn template with {question} (default: the reference's)",
                         **kw)

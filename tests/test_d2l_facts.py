@@ -52,7 +52,8 @@ def _smoke_config(base_model):
     c.model.update(dict(base_model=base_model, layer_idx=1, latent_size=16, n_latent_queries=4, num_blocks=1,
                         n_heads=2, head_dim=8, num_kv_heads=1))
     c.loss.top_k = 4
-    c.data.update(dict(chunk_tokens=96, num_documents=64, max_facts=4, query_len=128, max_response_tokens=24))
+    c.data.update(dict(chunk_tokens=96, num_documents=64, max_facts=4, query_len=128, max_response_tokens=24,
+                       max_entities=1, pack_docs=2))
     c.compute_dtype, c.batch_size, c.num_train_steps = "float32", 4, 3
     c.learning_rate, c.warmup_steps, c.schedule = 3e-3, 0, "constant"
     c.log_every_steps, c.checkpoint_every_steps = 1, 0
@@ -87,3 +88,61 @@ def test_smollm2_preset_trains_a_few_kd_steps(tiny_chat_model, tmp_path):
     out = run(c, str(tmp_path))
     losses = [json.loads(l)["loss"] for l in open(tmp_path / "metrics.jsonl") if '"loss"' in l]
     assert out["step"] == 3 and len(losses) == 3 and all(np.isfinite(losses)) and min(losses) > 0
+
+
+def test_multi_entity_records():
+    """max_entities > 1: paragraphs joined by blank lines, questions over all of them, answers stated in the text;
+    max_entities == 1 keeps the single-entity records exactly."""
+    single = FictionalFacts(50, seed=5)
+    assert FictionalFacts(50, seed=5, min_entities=1, max_entities=1)[7] == single[7]
+    world = FictionalFacts(50, seed=5, min_entities=2, max_entities=3)
+    counts = set()
+    for i in range(20):
+        r = world[i]
+        paras = r["context"].split("\n\n")
+        counts.add(len(paras))
+        assert len(r["prompts"]) == len(r["responses"]) >= 3 * len(paras)
+        assert all(a in r["context"] for a in r["responses"])
+    assert counts == {2, 3}
+    with pytest.raises(ValueError, match="min_entities <= max_entities"):
+        FictionalFacts(10, min_entities=3, max_entities=2)
+
+
+def test_facts_eval_examples_bounded_by_length(tiny_chat_model):
+    """facts suite documents stay within the requested token count, grow with it, and hold the answer."""
+    from transformers import AutoTokenizer
+
+    from hyperlora_jax.eval.facts import facts_examples
+    tok = AutoTokenizer.from_pretrained(tiny_chat_model)
+    ex = facts_examples(tok, [200, 800], 6, seed=3)
+    assert [e.length for e in ex] == [200] * 6 + [800] * 6
+    n_tok = [len(tok(e.document, add_special_tokens=False)["input_ids"]) for e in ex]
+    assert all(n <= e.length for n, e in zip(n_tok, ex) if "\n\n" in e.document)
+    assert np.mean(n_tok[6:]) > 2 * np.mean(n_tok[:6])
+    assert all(e.answers[0] in e.document and e.prompt.endswith("?") for e in ex)
+    assert facts_examples(tok, [200], 2, seed=3) == ex[:2]  # a pure function of (seed, length, index)
+
+
+def test_contains_metric():
+    from hyperlora_jax.eval.metrics import contains
+    assert contains("It was founded in 1743.", ["1743"]) == 1.0
+    assert contains("1743", ["17"]) == 0.0
+    assert contains("The hull is painted Cobalt", ("cobalt",)) == 1.0
+    assert contains("", ["x"]) == 0.0
+
+
+def test_evaluate_facts_suite(tiny_chat_model, tmp_path):
+    """The evaluate CLI's facts suite: rows per method x length with exact_match / f1 / contains and doc_tokens."""
+    from hyperlora_jax.evaluate import main
+    rc = main(["--config=configs/d2l.py:smollm2", f"--config.model.base_model={tiny_chat_model}",
+               "--config.model.layer_idx=1", "--config.model.latent_size=16", "--config.model.num_blocks=1",
+               "--config.model.n_heads=2", "--config.model.head_dim=8", "--config.model.num_kv_heads=1",
+               "--config.data.chunk_tokens=96", "--config.compute_dtype=float32", "--suites=facts",
+               "--lengths=200,600", "--n=2", "--methods=no_context,in_context,d2l", "--max_new_tokens=3",
+               f"--workdir={tmp_path}"])
+    assert rc == 0
+    rows = json.load(open(tmp_path / "eval" / "evaluate.json"))
+    assert {(r["method"].split(" ")[0], r["length"]) for r in rows} == {
+        (m, L) for m in ("no_context", "in_context", "d2l") for L in (200, 600)}
+    for r in rows:
+        assert r["suite"] == "facts" and r["n"] == 2 and 0 <= r["contains"] <= 1 and r["doc_tokens"] <= r["length"]

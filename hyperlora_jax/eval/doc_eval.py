@@ -134,7 +134,8 @@ def method_label(system, m: str) -> str:
     return system.method_name if m == "d2l" else m
 
 
-METRIC_FNS = {"f1": metrics.token_f1, "exact_match": metrics.exact_match, "rouge_l": metrics.rouge_l}
+METRIC_FNS = {"f1": metrics.token_f1, "exact_match": metrics.exact_match, "rouge_l": metrics.rouge_l,
+              "contains": metrics.contains}
 
 
 def score(system, suite: str, dataset: str, examples: Sequence[DocExample], runs: dict, groups: dict,

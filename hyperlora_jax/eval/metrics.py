@@ -54,6 +54,13 @@ def exact_match(prediction: str, answers: Answers) -> float:
     return float(any(p == normalize_answer(g) for g in _golds(answers)))
 
 
+def contains(prediction: str, answers: Answers) -> float:
+    """1.0 when a SQuAD-normalised gold answer appears in the normalised prediction as whole words (an answer
+    given in a sentence counts; "17" does not match "1743")."""
+    p = f" {normalize_answer(prediction)} "
+    return float(any(g and f" {g} " in p for g in (normalize_answer(x) for x in _golds(answers))))
+
+
 def _f1_tokens(pred: list[str], gold: list[str]) -> float:
     if not pred or not gold:  # SQuAD v2 convention: both empty → 1, one empty → 0
         return float(pred == gold)

@@ -22,7 +22,7 @@ from hyperlora_jax.io.atomic import write_text
 
 import numpy as np
 
-METRICS = ("exact_match", "rouge_l", "f1", "accuracy", "accuracy_norm")  # in table column order
+METRICS = ("exact_match", "rouge_l", "f1", "contains", "accuracy", "accuracy_norm")  # in table column order
 
 
 class EvalDataError(ValueError):

@@ -8,7 +8,8 @@ The records have the text layout of ``d2l_qa`` and go through the same example b
 Config keys (``data.*``), besides the chunking / length keys of ``d2l_sources``:
   num_documents         records in the generated world (default 100000)
   facts_seed            the world's seed (default 0; independent of the training seed, which only shuffles)
-  min_facts, max_facts  facts (= questions) per document (default 3..7)
+  min_facts, max_facts  facts (= questions) per entity (default 3..7)
+  min_entities, max_entities  entities (paragraphs) per document (default 1..1)
 """
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ class FactExamples(TFDSExamples):
 
     def open_records(self, data_cfg, source_name: str):
         return FictionalFacts(int(data_cfg.get("num_documents", 100_000)), seed=int(data_cfg.get("facts_seed", 0)),
-                              min_facts=int(data_cfg.get("min_facts", 3)), max_facts=int(data_cfg.get("max_facts", 7)))
+                              min_facts=int(data_cfg.get("min_facts", 3)), max_facts=int(data_cfg.get("max_facts", 7)),
+                              min_entities=int(data_cfg.get("min_entities", 1)),
+                              max_entities=int(data_cfg.get("max_entities", 1)))
 
 
 @source("fictional_facts")
 def fictional_facts(method, data_cfg, seed: int):
-    """Generated fictional-fact documents (data.num_documents / facts_seed / min_facts / max_facts)."""
+    """Generated fictional-fact documents (data.num_documents / facts_seed / min_facts / max_facts /
+    min_entities / max_entities)."""
     return FactExamples(method, data_cfg, seed, "fictional_facts"), None

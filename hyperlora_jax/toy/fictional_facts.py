@@ -9,6 +9,10 @@ question per fact whose answer is the value exactly as the paragraph states it::
 
 Names are built from syllables and values drawn from closed lists and number ranges, so an answer can only come
 from the document. The record layout is the text layout of the ``d2l_qa`` dataset (context, prompts, responses).
+
+With ``max_entities > 1`` a record describes ``min_entities..max_entities`` entities, one paragraph each (joined by
+a blank line), and asks about the facts of all of them (longer documents whose answers sit anywhere in them).
+``max_entities == 1`` (the default) gives exactly the single-entity records above.
 """
 from __future__ import annotations
 
@@ -101,12 +105,17 @@ def _facts(kind: str, name: str, rng) -> tuple[str, list[tuple[str, str, str]]]:
 class FictionalFacts:
     """``n`` fictional-fact records (``len`` + ``[i]``), each a pure function of (seed, i); see the module."""
 
-    def __init__(self, n: int, seed: int = 0, min_facts: int = 3, max_facts: int = 7):
+    def __init__(self, n: int, seed: int = 0, min_facts: int = 3, max_facts: int = 7, min_entities: int = 1,
+                 max_entities: int = 1):
         if n < 1:
             raise ValueError(f"fictional facts: the number of documents must be >= 1, got {n}")
         if not 1 <= min_facts <= max_facts <= 7:
             raise ValueError(f"fictional facts: need 1 <= min_facts <= max_facts <= 7, got {min_facts}, {max_facts}")
+        if not 1 <= min_entities <= max_entities <= 64:
+            raise ValueError(f"fictional facts: need 1 <= min_entities <= max_entities <= 64, got {min_entities}, "
+                             f"{max_entities}")
         self.n, self.seed, self.min_facts, self.max_facts = int(n), int(seed), int(min_facts), int(max_facts)
+        self.min_entities, self.max_entities = int(min_entities), int(max_entities)
 
     def __len__(self) -> int:
         return self.n
@@ -116,6 +125,16 @@ class FictionalFacts:
         if not 0 <= i < self.n:
             raise IndexError(f"record {i} of {self.n}")
         rng = np.random.default_rng([self.seed, i, 97])
+        if self.max_entities == 1:
+            return self.entity(rng)
+        n_ent = int(rng.integers(self.min_entities, self.max_entities + 1))
+        parts = [self.entity(rng) for _ in range(n_ent)]
+        return {"context": "\n\n".join(p["context"] for p in parts),
+                "prompts": [q for p in parts for q in p["prompts"]],
+                "responses": [a for p in parts for a in p["responses"]]}
+
+    def entity(self, rng) -> dict:
+        """One entity's paragraph and its questions (a record of one entity), drawn from ``rng``."""
         kind = KINDS[int(rng.integers(len(KINDS)))]
         name = _person(rng) if kind == "person" else syllable_name(rng)
         opening, facts = _facts(kind, name, rng)
