@@ -160,3 +160,23 @@ def score(system, suite: str, dataset: str, examples: Sequence[DocExample], runs
                 row["note"] = "d2l (random init): the hypernetwork is NOT trained (no --checkpoint given)"
             rows.append(row)
     return rows
+
+
+def score_by_length(system, suite: str, dataset: str, examples: Sequence[DocExample], methods: Sequence[str],
+                    metric_names: Sequence[str], *, batch_size: int, max_new_tokens: int, cd: CDOptions,
+                    truncate_to: Optional[int] = None, warmup: bool = False, bin_fields=None) -> list[dict]:
+    """Runs every method on each length bin (``DocExample.length``) separately, so ``wall_s`` / ``adapt_s`` are
+    that bin's own cost, and scores it; ``bin_fields(examples) -> dict`` adds fields to every row of a bin. Rows
+    ordered by method, then bin (bins in first-seen order)."""
+    groups: dict = {}
+    for e in examples:
+        groups.setdefault(e.length, []).append(e)
+    rows = []
+    for b, exs in groups.items():
+        runs = run_methods(system, exs, methods, batch_size=batch_size, max_new_tokens=max_new_tokens, cd=cd,
+                           truncate_to=truncate_to, warmup=warmup)
+        extra = bin_fields(exs) if bin_fields else {}
+        for r in score(system, suite, dataset, exs, runs, {b: list(range(len(exs)))}, metric_names):
+            rows.append({**r, **extra})
+    order = {m: k for k, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
+    return sorted(rows, key=lambda r: order[r["method"]])  # stable: bins keep their order

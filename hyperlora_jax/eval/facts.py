@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from hyperlora_jax.eval.doc_eval import DocExample, run_methods, score
+from hyperlora_jax.eval.doc_eval import DocExample, score_by_length
 
 WORLD_SEED_OFFSET = 7919
 METRICS = ("exact_match", "f1", "contains")
@@ -53,18 +53,10 @@ def facts_examples(tok, lengths: Sequence[int], n: int, seed: int, max_entities:
 
 def evaluate(system, examples: Sequence[DocExample], methods: Sequence[str], *, batch_size: int,
              max_new_tokens: int, cd, truncate_to: Optional[int] = None, warmup: bool = False) -> list[dict]:
-    """Every method on each length separately (times are that length's own); rows ordered by method, then length,
-    each with the mean document token count ``doc_tokens``."""
-    groups: dict = {}
-    for e in examples:
-        groups.setdefault(e.length, []).append(e)
-    rows = []
-    for L, exs in groups.items():
-        runs = run_methods(system, exs, methods, batch_size=batch_size, max_new_tokens=max_new_tokens, cd=cd,
-                           truncate_to=truncate_to, warmup=warmup)
-        doc_tokens = float(np.mean([_n_tokens(system.tok, e.document) for e in exs]))
-        for r in score(system, "facts", "fictional_facts", exs, runs, {L: list(range(len(exs)))}, METRICS):
-            r["doc_tokens"] = doc_tokens
-            rows.append(r)
-    order = {m: k for k, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
-    return sorted(rows, key=lambda r: order[r["method"]])
+    """Every method on each length separately (``score_by_length``), each row with the mean document token count
+    ``doc_tokens`` of its length."""
+    def doc_tokens(exs):
+        return {"doc_tokens": float(np.mean([_n_tokens(system.tok, e.document) for e in exs]))}
+    return score_by_length(system, "facts", "fictional_facts", examples, methods, METRICS, batch_size=batch_size,
+                           max_new_tokens=max_new_tokens, cd=cd, truncate_to=truncate_to, warmup=warmup,
+                           bin_fields=doc_tokens)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from hyperlora_jax.eval import records
-from hyperlora_jax.eval.doc_eval import DocExample, run_methods, score
+from hyperlora_jax.eval.doc_eval import DocExample, score_by_length
 
 
 def toy_examples(tok, lengths: Sequence[int], n: int, seed: int) -> list[DocExample]:
@@ -40,15 +40,7 @@ def file_examples(tok, path: str, n: Optional[int], seed: int, bins: Sequence[in
 
 def evaluate(system, examples: Sequence[DocExample], dataset: str, methods: Sequence[str], *, batch_size: int,
              max_new_tokens: int, cd, truncate_to: Optional[int] = None, warmup: bool = False) -> list[dict]:
-    """Runs every method on each length bin separately (so ``wall_s`` / ``adapt_s`` are that bin's own cost) and
-    scores it; rows ordered by method, then bin."""
-    groups: dict = {}
-    for e in examples:
-        groups.setdefault(e.length, []).append(e)
-    rows = []
-    for b, exs in groups.items():
-        runs = run_methods(system, exs, methods, batch_size=batch_size, max_new_tokens=max_new_tokens, cd=cd,
-                           truncate_to=truncate_to, warmup=warmup)
-        rows += score(system, "niah", dataset, exs, runs, {b: list(range(len(exs)))}, ("exact_match", "rouge_l"))
-    order = {m: k for k, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
-    return sorted(rows, key=lambda r: order[r["method"]])  # stable: bins keep their order
+    """Every method on each length bin separately, scored by exact match and ROUGE-L (``score_by_length``)."""
+    return score_by_length(system, "niah", dataset, examples, methods, ("exact_match", "rouge_l"),
+                           batch_size=batch_size, max_new_tokens=max_new_tokens, cd=cd, truncate_to=truncate_to,
+                           warmup=warmup)
