@@ -150,7 +150,7 @@ def main(argv=None):
     ap.add_argument("--t2l-batch", type=int, default=64, help="descriptions for table 3")
     ap.add_argument("--long", action="store_true", help="also 4096-token documents and 1024-token shots (slow)")
     a = ap.parse_args(argv)
-    from hyperlora_jax.hf_load import load_model
+    from hyperlora_jax.io.hf_load import load_model
     from hyperlora_jax.model import init_params
     from hyperlora_jax.toy.assets import toy_base_dir
     print(f"backend {jax.default_backend()}; load {os.getloadavg()}", flush=True)

@@ -95,7 +95,7 @@ def toy_rows(lengths=TOY_LENGTHS, chunk: int = TOY_CHUNK):
     from hyperlora_jax.d2l.context import Affixes, chunk_ids, pad_chunks, padded_chunk_len
     from hyperlora_jax.d2l.hypernet import init_params as init_hyper
     from hyperlora_jax.d2l.internalize import internalize
-    from hyperlora_jax.hf_load import load_model
+    from hyperlora_jax.io.hf_load import load_model
     from hyperlora_jax.model import KVCache
     from hyperlora_jax.toy.assets import toy_base_dir
 

@@ -18,7 +18,7 @@ t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
 stamp "convert"
-python -m hyperlora_jax.convert gguf "$GGUF" "$WORK/base" --dtype float32 --overwrite 2>&1 | tail -3
+python -m hyperlora_jax.cli.convert gguf "$GGUF" "$WORK/base" --dtype float32 --overwrite 2>&1 | tail -3
 
 stamp "train for ${TRAIN_S} s"
 # shellcheck disable=SC2086
@@ -31,14 +31,14 @@ cp "$WORK/run/metrics.jsonl" "$OUT/" 2>/dev/null
 
 stamp "evaluate (facts suite, n=$EVAL_N per length, lengths $LENGTHS)"
 # shellcheck disable=SC2086
-python -m hyperlora_jax.evaluate --config=configs/d2l.py:smollm2 --config.model.base_model="$WORK/base" $EXTRA \
+python -m hyperlora_jax.cli.evaluate --config=configs/d2l.py:smollm2 --config.model.base_model="$WORK/base" $EXTRA \
   --checkpoint "$WORK/run" --workdir "$WORK/run" --suites facts --lengths "$LENGTHS" --n "$EVAL_N" \
   --methods no_context,in_context,d2l --batch_size "$EVAL_BS" > "$OUT/evaluate.log" 2>&1
 echo "evaluate exit $?"; tail -12 "$OUT/evaluate.log"
 cp "$WORK/run/eval/evaluate.json" "$WORK/run/eval/evaluate.md" "$OUT/" 2>/dev/null
 
 stamp "export, internalize a paragraph, ask"
-python -m hyperlora_jax.export --workdir "$WORK/run" --out "$WORK/export" --overwrite > "$OUT/demo.txt" 2>&1
+python -m hyperlora_jax.cli.export --workdir "$WORK/run" --out "$WORK/export" --overwrite > "$OUT/demo.txt" 2>&1
 python bench/smollm2_demo.py --d2l "$WORK/export" >> "$OUT/demo.txt" 2>&1
 grep -v -i warn "$OUT/demo.txt" | tail -30; ls -la "$OUT"
 stamp "done"

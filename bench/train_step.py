@@ -319,7 +319,7 @@ class TorchD2L:
         import transformers
         if threads:
             torch.set_num_threads(threads)
-        from hyperlora_jax.hf_load import params_to_hf
+        from hyperlora_jax.io.hf_load import params_to_hf
         self.torch = torch
         self.p, self.bc, self.hc = p, bc, hc
         self.alpha = hc.alpha

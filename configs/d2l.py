@@ -18,7 +18,7 @@ Presets:
                   early_exit at layer 7 (L//4), Perceiver 256 wide x 4 blocks, KD with the base as its own teacher
                   (the document in its context), on generated fictional facts (data.source fictional_facts,
                   documents of 1..3 entity paragraphs), 32 documents per step packed 8 per row; evaluate with
-                  `python -m hyperlora_jax.evaluate --suites facts --lengths 128,256,512,1024` (eval/facts.py).
+                  `python -m hyperlora_jax.cli.evaluate --suites facts --lengths 128,256,512,1024` (eval/facts.py).
 The published presets need model.base_model (a local HF directory), a prepared dataset and, for *_chunked,
 init_from (the stage-1 workdir); paths are placeholders to override on the command line, e.g.
   --config.model.base_model=/models/gemma-2-2b-it --config.data.tfds_dir=/data/tfds --config.data.tfds_name=d2l_qa/mine
@@ -126,7 +126,7 @@ def get_config(preset: str = "toy"):
         c.data.pack_docs = 8
     elif preset == "smollm2":
         # SmolLM2-135M-Instruct (llama: 30 layers, hidden 576, 9 heads / 3 kv heads), converted from its GGUF
-        # (python -m hyperlora_jax.convert gguf SmolLM2-135M-Instruct.Q4_1.gguf DIR). Skeleton hyperparameters:
+        # (python -m hyperlora_jax.cli.convert gguf SmolLM2-135M-Instruct.Q4_1.gguf DIR). Skeleton hyperparameters:
         # early-exit encoder at L // 4, a small Perceiver, KD with the base model reading the document as teacher,
         # on generated fictional facts (nothing the base model can know without the document).
         c.model.base_model = "/path/to/SmolLM2-135M-Instruct"

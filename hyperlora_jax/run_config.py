@@ -1,7 +1,7 @@
 """The configuration of a training run, saved beside its checkpoints: ``WORKDIR/config.json``.
 
 The trainer writes it (process 0, atomically: temp file then ``os.replace``) each time a run starts or resumes, so
-it always describes the run that wrote the newest checkpoints. ``python -m hyperlora_jax.export`` reads it to
+it always describes the run that wrote the newest checkpoints. ``python -m hyperlora_jax.cli.export`` reads it to
 rebuild the method (hypernetwork config, base model, encoder) without the ``--config`` flags of the run.
 
 Format: ``{"format": "hyperlora_jax.train_config", "format_version": 1, "config": <the ConfigDict as JSON>}``.

@@ -62,7 +62,7 @@ def tiny_hf_config(vocab_size: int) -> dict:
 
 def ensure_tiny_model(root: str | None = None) -> str:
     """Path of the embedded tiny model directory, building it on first use."""
-    from hyperlora_jax.hf_load import save_pretrained
+    from hyperlora_jax.io.hf_load import save_pretrained
     from hyperlora_jax.model import init_params
     from hyperlora_jax.config import ModelConfig
 

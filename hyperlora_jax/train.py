@@ -354,7 +354,7 @@ def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_sta
     """Restore, then the loop (metrics, evaluation, checkpoints, stop signals), then the final evaluation."""
     from hyperlora_jax.optim import learning_rate_schedule
     from hyperlora_jax.sharding import host_batch_to_global
-    from hyperlora_jax.tb_events import EventWriter
+    from hyperlora_jax.io.tb_events import EventWriter
 
     is_main = jax.process_index() == 0
     data = method.data_iterator(jax.process_index(), jax.process_count())
@@ -379,7 +379,7 @@ def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_sta
                 log.info("trainable parameters from %s (its step %d); fresh optimizer, step 0", config.init_from,
                          src_step)
     start = int(state["step"])
-    if is_main:  # after the fingerprint check: what `python -m hyperlora_jax.export` rebuilds the method from
+    if is_main:  # after the fingerprint check: what `python -m hyperlora_jax.cli.export` rebuilds the method from
         from hyperlora_jax.run_config import save_run_config
         save_run_config(workdir, config)
 
@@ -532,7 +532,7 @@ def main(argv):
     from absl import flags
     from absl import logging as absl_logging
 
-    from hyperlora_jax import cli
+    from hyperlora_jax.cli import common as cli
     del argv
     FLAGS = flags.FLAGS
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save step at INFO

@@ -10,8 +10,8 @@ import pytest
 
 from hf_tiny import make_tiny
 from hyperlora_jax.config import ConfigError, ModelConfig
-from hyperlora_jax.hf_load import CheckpointError, load_model
-from hyperlora_jax.safetensors_io import load_file, save_file
+from hyperlora_jax.io.hf_load import CheckpointError, load_model
+from hyperlora_jax.io.safetensors_io import load_file, save_file
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +81,9 @@ def _cli(*args, env_home=None):
 
 
 def test_cli_errors_are_one_line(model_dir, tmp_path):
-    r = _cli("hyperlora_jax.generate", "--model", str(tmp_path / "nope"), "--prompt", "hi")
+    r = _cli("hyperlora_jax.cli.generate", "--model", str(tmp_path / "nope"), "--prompt", "hi")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "does not exist" in r.stderr
-    r = _cli("hyperlora_jax.generate", "--model", model_dir, "--prompt", "   ")
+    r = _cli("hyperlora_jax.cli.generate", "--model", model_dir, "--prompt", "   ")
     assert r.returncode == 2 and "--prompt is empty" in r.stderr
-    r = _cli("hyperlora_jax.score", "--model", model_dir, "--prompt-ids", "1,2", "--continuation-ids", "x")
+    r = _cli("hyperlora_jax.cli.score", "--model", model_dir, "--prompt-ids", "1,2", "--continuation-ids", "x")
     assert r.returncode == 2 and "--continuation-ids must be comma-separated integers" in r.stderr

@@ -10,7 +10,7 @@ import pytest
 
 from hf_tiny import copy_tokenizer, load_torch, make_tiny, torch_logits
 from hyperlora_jax.generation import generate
-from hyperlora_jax.hf_load import load_model
+from hyperlora_jax.io.hf_load import load_model
 from test_lora_peft import make_peft, peft_logits
 
 
@@ -31,7 +31,7 @@ def run(*args, home="/nonexistent"):
 def test_score_cli_matches_transformers_with_lora(model_dir, tmp_path):
     from transformers import AutoTokenizer
     lora = make_peft(model_dir, str(tmp_path / "lora"), seed=1)
-    out = json.loads(run("hyperlora_jax.score", "--model", model_dir, "--lora", lora, "--prompt", "The cat",
+    out = json.loads(run("hyperlora_jax.cli.score", "--model", model_dir, "--lora", lora, "--prompt", "The cat",
                          "--continuation", " sat down")[-1])
     tok = AutoTokenizer.from_pretrained(model_dir)
     p, c = tok("The cat")["input_ids"], tok(" sat down", add_special_tokens=False)["input_ids"]
@@ -42,14 +42,14 @@ def test_score_cli_matches_transformers_with_lora(model_dir, tmp_path):
     want = [logp[len(p) - 1 + j, t] for j, t in enumerate(c)]
     assert np.abs(np.array(out["logprobs"]) - want).max() <= 1e-4
     assert abs(out["sum"] - sum(out["logprobs"])) < 1e-6
-    ids = json.loads(run("hyperlora_jax.score", "--model", model_dir, "--lora", lora, "--prompt-ids",
+    ids = json.loads(run("hyperlora_jax.cli.score", "--model", model_dir, "--lora", lora, "--prompt-ids",
                          ",".join(map(str, p)), "--continuation-ids", ",".join(map(str, c)))[-1])
     assert np.allclose(ids["logprobs"], out["logprobs"], atol=1e-6)
 
 
 def test_generate_cli_chat(model_dir):
     from transformers import AutoTokenizer
-    lines = run("hyperlora_jax.generate", "--model", model_dir, "--prompt", "Say hi", "--chat",
+    lines = run("hyperlora_jax.cli.generate", "--model", model_dir, "--prompt", "Say hi", "--chat",
                 "--max-new-tokens", "8")
     last = json.loads(lines[-1])
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -62,6 +62,6 @@ def test_generate_cli_chat(model_dir):
 
 
 def test_embedded_default(tmp_path):
-    lines = run("hyperlora_jax.generate", "--prompt", "Hello", "--max-new-tokens", "5", home=str(tmp_path))
+    lines = run("hyperlora_jax.cli.generate", "--prompt", "Hello", "--max-new-tokens", "5", home=str(tmp_path))
     assert len(json.loads(lines[-1])["tokens"]) <= 5
     assert os.path.isfile(tmp_path / "tiny-random-llama-v2" / "model.safetensors")

@@ -14,7 +14,7 @@ import pytest
 from hf_tiny import copy_tokenizer, make_tiny
 from hyperlora_jax import cli, convert, generate, generate_lora, internalize, score
 from hyperlora_jax.lora import Adapter
-from hyperlora_jax.peft_io import export_peft
+from hyperlora_jax.io.peft_io import export_peft
 
 DATA = pathlib.Path(__file__).parent / "data"
 D2L_RUN, D2L_MODEL = DATA / "d2l" / "run_per_layer_activations", DATA / "d2l" / "tiny_gemma2"
@@ -81,8 +81,8 @@ def test_score_chat_matches_generation_score(models, capsys):
 
     from hyperlora_jax.eval.answering import chat_ids
     from hyperlora_jax.generation import score as score_fn
-    from hyperlora_jax.hf_load import load_model
-    from hyperlora_jax.peft_io import import_peft
+    from hyperlora_jax.io.hf_load import load_model
+    from hyperlora_jax.io.peft_io import import_peft
     m = models
     rc, out, _ = _run(score.main, ["--lora", m["lora"], "--prompt", "Say hi", "--chat", "--continuation",
                                    " hello"], capsys)
@@ -129,7 +129,7 @@ def test_prompt_longer_than_the_window(models, capsys):
 
 def test_library_generate_rejects_bad_sampling(models):
     from hyperlora_jax.generation import generate as gen
-    from hyperlora_jax.hf_load import load_model
+    from hyperlora_jax.io.hf_load import load_model
     cfg, params = load_model(models["A"])
     for kw, msg in ((dict(temperature=float("nan")), "temperature must be a finite number"),
                     (dict(top_p=0.0), "top_p must be in (0, 1]")):

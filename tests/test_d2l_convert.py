@@ -15,7 +15,7 @@ from hyperlora_jax import internalize as cli
 from hyperlora_jax.d2l import checkpoint as d2l_ckpt
 from hyperlora_jax.d2l.checkpoint_map import config_from_state_dict, torch_to_flax
 from hyperlora_jax.model import forward
-from hyperlora_jax.peft_io import import_peft
+from hyperlora_jax.io.peft_io import import_peft
 
 DATA = pathlib.Path(__file__).parent / "data" / "d2l"
 RUN = DATA / "run_per_layer_activations"
@@ -82,7 +82,7 @@ def test_cli_adapter_equals_fixture_and_peft(internalized, golden):
     assert conf["r"] == 8 and conf["target_modules"] == ["down_proj"] and conf["use_rslora"] is False
     assert conf["lora_alpha"] / conf["r"] == pytest.approx(meta["lora_alpha"], rel=1e-6)
     assert conf["hyperlora_jax"]["n_chunks"] == 3
-    from hyperlora_jax.hf_load import load_model
+    from hyperlora_jax.io.hf_load import load_model
 
     cfg, params = load_model(str(MODEL))
     ad = import_peft(str(out), cfg)  # A [L, 1, 8, 96]: chunk blocks then the bias block

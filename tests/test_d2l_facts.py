@@ -133,7 +133,7 @@ def test_contains_metric():
 
 def test_evaluate_facts_suite(tiny_chat_model, tmp_path):
     """The evaluate CLI's facts suite: rows per method x length with exact_match / f1 / contains and doc_tokens."""
-    from hyperlora_jax.evaluate import main
+    from hyperlora_jax.cli.evaluate import main
     rc = main(["--config=configs/d2l.py:smollm2", f"--config.model.base_model={tiny_chat_model}",
                "--config.model.layer_idx=1", "--config.model.latent_size=16", "--config.model.num_blocks=1",
                "--config.model.n_heads=2", "--config.model.head_dim=8", "--config.model.num_kv_heads=1",

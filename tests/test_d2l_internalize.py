@@ -15,7 +15,7 @@ import pytest
 from hyperlora_jax.d2l.checkpoint_map import config_from_state_dict, torch_to_flax
 from hyperlora_jax.d2l.ctx_encoder import encode_jit, kept_layers, truncate
 from hyperlora_jax.d2l.internalize import internalize
-from hyperlora_jax.hf_load import load_model
+from hyperlora_jax.io.hf_load import load_model
 from hyperlora_jax.model import forward
 
 DATA = pathlib.Path(__file__).parent / "data" / "d2l"

@@ -1,4 +1,4 @@
-"""``python -m hyperlora_jax.evaluate``: metrics and answer extraction, the toy D2L harness end to end through the
+"""``python -m hyperlora_jax.cli.evaluate``: metrics and answer extraction, the toy D2L harness end to end through the
 CLI (restored training checkpoint, every baseline, results schema, CD loss falling from its no-context start),
 full vs middle-truncated context past the toy window, a converted official D2L checkpoint, the T2L benchmark on the
 tiny T2L fixtures (log-likelihood) and its generation scoring with the references' answer extraction (generator
@@ -297,7 +297,7 @@ def test_t2l_bench_generation_scoring_uses_the_reference_extraction(monkeypatch,
 # ============================================================================================ bad input
 def test_unknown_dataset_file_exit_2_one_line(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.run([sys.executable, "-m", "hyperlora_jax.evaluate", f"--config={D2L_CFG}:toy", "--workdir",
+    p = subprocess.run([sys.executable, "-m", "hyperlora_jax.cli.evaluate", f"--config={D2L_CFG}:toy", "--workdir",
                         str(tmp_path), "--qa_file", str(tmp_path / "nope.jsonl")], capture_output=True, text=True,
                        env=env, timeout=120)
     assert p.returncode == 2

@@ -1,4 +1,4 @@
-"""``python -m hyperlora_jax.export``: a trained D2L / T2L workdir -> the checkpoint directory internalize /
+"""``python -m hyperlora_jax.cli.export``: a trained D2L / T2L workdir -> the checkpoint directory internalize /
 generate_lora / evaluate read; the exported hypernetwork gives the same LoRAs as the trained parameters in memory;
 T2L records its training LoRA scale and generate_lora applies it by default; bad workdirs / steps / outputs are one
 ``error:`` line, exit status 2, nothing written.
@@ -19,7 +19,7 @@ import pytest
 
 from repo_configs import get_config
 from hyperlora_jax import cli, export, generate, generate_lora, internalize, train
-from hyperlora_jax.peft_io import import_peft
+from hyperlora_jax.io.peft_io import import_peft
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -192,7 +192,7 @@ def test_export_refuses_lm_run(tmp_path, capsys):
     config = _config("lm", "tiny")
     config.num_train_steps, config.async_checkpoints = 0, False
     train.run(config, str(tmp_path / "lm"))
-    p = subprocess.run([sys.executable, "-m", "hyperlora_jax.export", "--workdir", str(tmp_path / "lm"), "--out",
+    p = subprocess.run([sys.executable, "-m", "hyperlora_jax.cli.export", "--workdir", str(tmp_path / "lm"), "--out",
                         str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", "")))
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr

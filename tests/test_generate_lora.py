@@ -1,4 +1,4 @@
-"""``python -m hyperlora_jax.generate_lora``: parity with the reference's own adapter, text -> embedding -> adapter,
+"""``python -m hyperlora_jax.cli.generate_lora``: parity with the reference's own adapter, text -> embedding -> adapter,
 tiny-base logits at both scales (model.forward, import_peft, and PEFT loading the written directory), determinism,
 refusals. Fixtures: tests/data/t2l (run_L, tiny_gte_bert, base_model_llama, L.npz, text_to_lora.npz)."""
 import json
@@ -40,7 +40,7 @@ def test_cli_desc0_matches_reference_peft_adapter(converted, tmp_path):
     (relative to the working directory, here tests/data)."""
     out = tmp_path / "a0"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.run([sys.executable, "-m", "hyperlora_jax.generate_lora", "--t2l", converted, "--description",
+    p = subprocess.run([sys.executable, "-m", "hyperlora_jax.cli.generate_lora", "--t2l", converted, "--description",
                         DESCS[0], "--out", str(out)], capture_output=True, text=True, env=env, cwd=DATA, timeout=120)
     assert p.returncode == 0, p.stderr
     assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors", "config.json"]
@@ -112,10 +112,10 @@ def golden_adapter_dirs(converted, tmp_path_factory):
 
 
 def test_logits_both_scales_model_forward(golden_adapter_dirs):
-    from hyperlora_jax.hf_load import load_model
+    from hyperlora_jax.io.hf_load import load_model
     from hyperlora_jax.model import forward
     from hyperlora_jax.lora import stack_adapters
-    from hyperlora_jax.peft_io import import_peft
+    from hyperlora_jax.io.peft_io import import_peft
 
     mcfg, mparams = load_model(BASE)
     z = np.load(os.path.join(T2L, "L.npz"))

@@ -6,9 +6,9 @@ import torch
 
 from hf_tiny import load_torch, make_tiny, torch_logits
 from hyperlora_jax.generation import generate, score
-from hyperlora_jax.hf_load import load_model
+from hyperlora_jax.io.hf_load import load_model
 from test_lora_peft import make_peft
-from hyperlora_jax.peft_io import import_peft
+from hyperlora_jax.io.peft_io import import_peft
 
 
 @pytest.fixture(scope="module", params=["llama", "gemma2"])

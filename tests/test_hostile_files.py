@@ -1,5 +1,5 @@
 """Untrusted files from outside: crafted torch checkpoints, args.yaml files and safetensors headers, and what
-``python -m hyperlora_jax.convert`` does with them (and with signals). Every crafted file is made here.
+``python -m hyperlora_jax.cli.convert`` does with them (and with signals). Every crafted file is made here.
 
 Memory bombs run the reader in a subprocess under ``RLIMIT_AS`` (1.5 GiB): it must refuse with our error, fast,
 before allocating, instead of dying of MemoryError or swapping.
@@ -430,7 +430,7 @@ def test_safetensors_header_length_and_good_file(tmp_path):
 # ------------------------------------------------------------------------------------------------ convert CLI
 def _cli(*argv):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "-m", "hyperlora_jax.convert", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hyperlora_jax.cli.convert", *argv], capture_output=True, text=True,
                           env=env, cwd=REPO, timeout=300)
 
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from hf_tiny import load_torch, make_tiny, torch_logits
-from hyperlora_jax.hf_load import load_model
+from hyperlora_jax.io.hf_load import load_model
 from hyperlora_jax.lora import LORA_MODULES, Adapter, stack_adapters
 from hyperlora_jax.model import forward
-from hyperlora_jax.peft_io import AdapterError, export_peft, import_peft, merge_adapter
+from hyperlora_jax.io.peft_io import AdapterError, export_peft, import_peft, merge_adapter
 
 REL_TOL = 1e-5
 

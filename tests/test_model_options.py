@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hf_tiny import make_tiny
-from hyperlora_jax.hf_load import load_model
+from hyperlora_jax.io.hf_load import load_model
 from hyperlora_jax.model import forward
 
 
@@ -23,7 +23,7 @@ def test_load_into_shardings(model_dir):
     script = textwrap.dedent(f"""
         import jax, jax.numpy as jnp, numpy as np
         from jax.sharding import NamedSharding, PartitionSpec as P, AxisType
-        from hyperlora_jax.hf_load import load_model, abstract_params
+        from hyperlora_jax.io.hf_load import load_model, abstract_params
         from hyperlora_jax.config import ModelConfig
         from hyperlora_jax.model import forward
         assert len(jax.devices()) == 8

@@ -4,7 +4,7 @@ import pytest
 import jax.numpy as jnp
 
 from hf_tiny import FAMILIES, load_torch, make_tiny, torch_logits
-from hyperlora_jax.hf_load import load_model
+from hyperlora_jax.io.hf_load import load_model
 from hyperlora_jax.model import forward
 
 TOL = 1e-4

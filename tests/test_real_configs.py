@@ -10,7 +10,7 @@ import transformers
 
 from conftest import DATA
 from hyperlora_jax.config import ModelConfig
-from hyperlora_jax.hf_load import abstract_params
+from hyperlora_jax.io.hf_load import abstract_params
 
 # Published parameter counts (embeddings counted once when tied).
 REAL = {"gemma-2-2b": 2_614_341_888, "Mistral-7B-Instruct-v0.2": 7_241_732_096,

@@ -1,4 +1,4 @@
-"""``python -m hyperlora_jax.convert t2l``: import of the golden official run, the project format, refusals."""
+"""``python -m hyperlora_jax.cli.convert t2l``: import of the golden official run, the project format, refusals."""
 import json
 import os
 import shutil
@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _cli(*argv):
     """Runs the converter as a user would; returns (exit code, stdout, stderr)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.run([sys.executable, "-m", "hyperlora_jax.convert", *argv], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "hyperlora_jax.cli.convert", *argv], capture_output=True, text=True,
                        env=env, cwd=REPO, timeout=120)
     return p.returncode, p.stdout, p.stderr
 

@@ -144,7 +144,7 @@ def test_chat_format_truncation_and_mask(method):
 def _write_oracles(root, n_tasks, cfg):
     """Oracle LoRAs with a shared component plus a smaller task-specific one (as real per-task LoRAs)."""
     from hyperlora_jax.lora import Adapter
-    from hyperlora_jax.peft_io import export_peft
+    from hyperlora_jax.io.peft_io import export_peft
     shapes = cfg.projection_shapes()
     common = np.random.default_rng(99)
     shared = {(m, w): common.normal(0, 0.1, (cfg.num_layers, 1, 8, shapes[m][0 if w == "A" else 1]))
@@ -184,7 +184,7 @@ def test_recon_z_score_targets_and_denormalisation(tmp_path):
     """A hypernet output equal to the z-scored oracle has zero loss; de-normalising recovers the oracle."""
     from hyperlora_jax.lora import Adapter
     from hyperlora_jax.methods.t2l import T2LMethod
-    from hyperlora_jax.peft_io import import_peft
+    from hyperlora_jax.io.peft_io import import_peft
     from hyperlora_jax.sharding import make_mesh
     c = _recon_config(tmp_path, True)
     meth = T2LMethod(c, make_mesh(dict(c.mesh)))

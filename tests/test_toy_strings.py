@@ -124,10 +124,10 @@ def _answer_scores(params, cfg, tok, pairs, adapter, fwd):
 def test_shipped_assets_load_and_oracle_beats_base():
     from transformers import AutoTokenizer
 
-    from hyperlora_jax.hf_load import load_model
+    from hyperlora_jax.io.hf_load import load_model
     from hyperlora_jax.lora import stack_adapters
     from hyperlora_jax.model import forward
-    from hyperlora_jax.peft_io import import_peft
+    from hyperlora_jax.io.peft_io import import_peft
     from hyperlora_jax.toy.eval_strings import zero_adapter
 
     base = st.strings_base_dir()

@@ -58,7 +58,7 @@ def test_baseline_learns_and_writes_everything(baseline):
     ls = losses(baseline)
     assert sorted(ls) == list(range(1, STEPS + 1)) and ls[STEPS] < ls[1]
     assert sorted(os.listdir(os.path.join(baseline, "checkpoints"))) == ["4", "8"]
-    from hyperlora_jax.tb_events import read_records
+    from hyperlora_jax.io.tb_events import read_records
     events = os.listdir(os.path.join(baseline, "tensorboard"))
     recs = list(read_records(os.path.join(baseline, "tensorboard", events[0])))
     assert len(recs) == STEPS + 1 and b"train/loss" in recs[1]

@@ -68,7 +68,7 @@ class DocToLoRA:
                         **kw) -> "DocToLoRA":
         """Loads a project D2L checkpoint (``convert d2l`` output) and its base model (``model_dir`` overrides the
         recorded path). ``chunk_tokens`` overrides the recorded chunk length."""
-        from hyperlora_jax.hf_load import load_model
+        from hyperlora_jax.io.hf_load import load_model
 
         params, cfg, meta = d2l_checkpoint.load(d2l_dir)
         base_dir = resolve_base_model(meta.base_model, d2l_dir, model_dir)

@@ -3,7 +3,7 @@
 Reference checkpoint (spec D2L.md section 15; golden README 5.4):
   checkpoint-N/pytorch_model.bin  ``ModulatedPretrainedModel.state_dict()``: hypernetwork tensors plus the pickled
                                   ``base_model_name_or_path``, ``hypernet_config`` and ``ctx_encoder_args``; read with
-                                  :mod:`hyperlora_jax.torch_pickle` (no torch, no pickled code run; any global off the
+                                  :mod:`hyperlora_jax.io.torch_pickle` (no torch, no pickled code run; any global off the
                                   D2L allow-list is refused).
   args.yaml                       beside pytorch_model.bin or one level up (optional); read with a safe loader
                                   (``!!python/object/apply:`` enum tags yield their value). Used for the chunk length
@@ -30,12 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from hyperlora_jax import safetensors_io, torch_pickle
+from hyperlora_jax.io import safetensors_io, torch_pickle
 from hyperlora_jax.d2l.checkpoint_map import config_from_state_dict, expected_torch_shapes, torch_to_flax
 from hyperlora_jax.d2l.hypernet import D2LHypernetConfig, init_params
 from hyperlora_jax.io.format_json import read_format_json
 from hyperlora_jax.d2l.perceiver import PerceiverConfig
-from hyperlora_jax.peft_io import atomic_write_dir
+from hyperlora_jax.io.peft_io import atomic_write_dir
 
 FORMAT = "hyperlora_jax.d2l"
 FORMAT_VERSION = 1
@@ -126,7 +126,7 @@ def load(path: str) -> tuple[dict, D2LHypernetConfig, D2LMeta]:
     config = read_format_json(
         os.path.join(path, CONFIG_FILE), FORMAT, FORMAT_VERSION, D2LCheckpointError,
         missing=f"{path!r} has no {CONFIG_FILE}; not a hyperlora_jax D2L checkpoint (convert a reference checkpoint "
-                f"with `python -m hyperlora_jax.convert d2l`)")
+                f"with `python -m hyperlora_jax.cli.convert d2l`)")
     cfg = config_from_dict(config["hypernet"])
     try:
         flat = safetensors_io.load_file(os.path.join(path, PARAMS_FILE))
@@ -162,7 +162,7 @@ def import_reference(ckpt_dir: str, *, chunk_tokens: Optional[int] = None
     """Imports a reference ``checkpoint-N/`` directory (``pytorch_model.bin``; ``args.yaml`` there or one level up).
 
     Returns (params, hypernet config, meta). ``chunk_tokens`` overrides args.yaml's ``max_ctx_chunk_len``.
-    Raises :class:`hyperlora_jax.torch_pickle.UnsafeCheckpointError` for a pickle naming any global off the D2L
+    Raises :class:`hyperlora_jax.io.torch_pickle.UnsafeCheckpointError` for a pickle naming any global off the D2L
     allow-list, and D2LCheckpointError (one message) for anything that does not fit.
     """
     from hyperlora_jax.io.safe_yaml import load_yaml

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from hyperlora_jax.safetensors_io import SafetensorsError, SafetensorsFile
+from hyperlora_jax.io.safetensors_io import SafetensorsError, SafetensorsFile
 
 __all__ = [
     "ACTIVATIONS",

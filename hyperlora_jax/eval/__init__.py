@@ -1,4 +1,4 @@
-"""The evaluation harness behind ``python -m hyperlora_jax.evaluate`` (small files, one job each):
+"""The evaluation harness behind ``python -m hyperlora_jax.cli.evaluate`` (small files, one job each):
 
   metrics.py    exact match, SQuAD token F1, ROUGE-L (LCS F, Porter stemming), the references' answer extraction
   records.py    local JSONL reading, sampling, length bins; results JSON + Markdown tables

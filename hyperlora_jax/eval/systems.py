@@ -5,7 +5,7 @@
       ``checkpoints/`` or ``checkpoints_best/`` directory (the best checkpoint, when ``best_metric`` is set): the
       trainable parameters are restored read-only (nothing is moved or deleted);
       a checkpoint of a different model (method / shapes fingerprint) is refused naming the differing fields;
-  a converted D2L checkpoint (``python -m hyperlora_jax.convert d2l`` output: ``config.json`` format
+  a converted D2L checkpoint (``python -m hyperlora_jax.cli.convert d2l`` output: ``config.json`` format
       ``hyperlora_jax.d2l``), loaded through :mod:`hyperlora_jax.d2l.checkpoint`; its base model is the config's
       ``model.base_model`` when that is an existing directory, else the one the checkpoint records;
   a converted T2L checkpoint (``convert t2l`` output, format ``hyperlora_jax.t2l``): base model / encoder are the
@@ -230,8 +230,8 @@ def load_t2l(config, checkpoint: Optional[str] = None, step: Optional[int] = Non
     if kind == "d2l":
         raise EvalSetupError(f"--checkpoint {checkpoint!r} is a D2L checkpoint but the config's method is t2l")
     if kind == "t2l":
-        from hyperlora_jax.generate_lora import check_fits_base, resolve_dir
-        from hyperlora_jax.hf_load import load_model
+        from hyperlora_jax.cli.generate_lora import check_fits_base, resolve_dir
+        from hyperlora_jax.io.hf_load import load_model
         from hyperlora_jax.t2l import checkpoint as t2l_ckpt
         params, hcfg, meta = t2l_ckpt.load(path)
         mdir, edir = config.model.get("model_dir"), config.encoder.get("model_dir")

@@ -1,6 +1,6 @@
 """A llama-architecture GGUF (e.g. SmolLM2-135M-Instruct.Q4_1.gguf) -> a Hugging Face model directory.
 
-Writes what ``hyperlora_jax.hf_load.load_model`` and ``transformers.AutoTokenizer`` read::
+Writes what ``hyperlora_jax.io.hf_load.load_model`` and ``transformers.AutoTokenizer`` read::
 
     config.json              LlamaForCausalLM config from the ``llama.*`` metadata
     generation_config.json   bos / eos / pad ids
@@ -271,8 +271,8 @@ def tokenizer_config(g: GGUFFile, cfg: dict) -> dict:
 # ------------------------------------------------------------------------------------------------ convert
 def convert(src: str, dst: str, dtype: str = "float32", overwrite: bool = False) -> str:
     """Converts ``src`` (.gguf) into the HF directory ``dst`` (written atomically); returns a one-line summary."""
-    from hyperlora_jax.peft_io import atomic_write_dir
-    from hyperlora_jax.safetensors_io import save_file
+    from hyperlora_jax.io.peft_io import atomic_write_dir
+    from hyperlora_jax.io.safetensors_io import save_file
 
     if dtype not in DTYPES:
         raise GGUFError(f"dtype {dtype!r} is not supported (supported: {', '.join(DTYPES)})")

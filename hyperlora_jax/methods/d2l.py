@@ -69,7 +69,7 @@ class D2LMethod:
     def __init__(self, config, mesh):
         from hyperlora_jax.d2l.context import load_tokenizer, padded_chunk_len, template_affixes
         from hyperlora_jax.d2l.hypernet import D2LHypernetConfig
-        from hyperlora_jax.hf_load import load_model
+        from hyperlora_jax.io.hf_load import load_model
         from hyperlora_jax.sharding import param_shardings
 
         self.config, self.mesh = config, mesh

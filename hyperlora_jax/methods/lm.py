@@ -57,7 +57,7 @@ class LMMethod:
         self.config, self.mesh = config, mesh
         mc = config.model
         if mc.get("init_from"):
-            from hyperlora_jax.hf_load import load_model
+            from hyperlora_jax.io.hf_load import load_model
             self.model_cfg, self._init_params = load_model(mc.init_from)
         else:
             self.model_cfg, self._init_params = ModelConfig.from_hf_dict(dict(mc.hf_config)), None
@@ -113,7 +113,7 @@ class LMMethod:
         import os
         import shutil
 
-        from hyperlora_jax.hf_load import save_pretrained
+        from hyperlora_jax.io.hf_load import save_pretrained
         out = os.path.join(workdir, export)
         if os.path.exists(out):
             shutil.rmtree(out)

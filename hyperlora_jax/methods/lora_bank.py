@@ -86,7 +86,7 @@ class LoRABankMethod:
 
     def frozen(self):
         if self._frozen is None:
-            from hyperlora_jax.hf_load import abstract_params, load_params
+            from hyperlora_jax.io.hf_load import abstract_params, load_params
             from hyperlora_jax.sharding import param_shardings
             sh = param_shardings(abstract_params(self.model_cfg), self.mesh)
             self._frozen = {"base": load_params(self.model_dir, self.model_cfg, jnp.float32, shardings=sh)}
@@ -122,7 +122,7 @@ class LoRABankMethod:
         (``hyperlora_jax.toy.eval_strings.quick_bank_check``) for the toy string source."""
         if jax.process_index() != 0:
             return None
-        from hyperlora_jax.peft_io import export_peft
+        from hyperlora_jax.io.peft_io import export_peft
         lc = self.config.lora
         root = os.path.join(workdir, lc.get("export_dir", "export"))
         params = jax.device_get(params)

@@ -291,7 +291,7 @@ class T2LMethod:
         return _EMB_CACHE[key]
 
     def _load_oracles(self):
-        from hyperlora_jax.peft_io import import_peft
+        from hyperlora_jax.io.peft_io import import_peft
 
         dirs = self.data.oracle_dirs
         missing = [n for n, d in zip(self.data.task_names, dirs) if not d]
@@ -348,7 +348,7 @@ class T2LMethod:
         rep = replicated(self.mesh)
         out = {"task_emb": jax.device_put(jnp.asarray(self.task_embs), rep)}
         if self.mode == "sft":
-            from hyperlora_jax.hf_load import abstract_params, load_params
+            from hyperlora_jax.io.hf_load import abstract_params, load_params
             from hyperlora_jax.sharding import param_shardings
             dtype = jnp.dtype(self.config.model.get("param_dtype", "float32"))
             sh = param_shardings(abstract_params(self.model_cfg), self.mesh)

@@ -1,7 +1,7 @@
 """T2L checkpoints: import of an official run directory, and the project's own format.
 
 Official run directory (``train_outputs/sft/hyper_lora/<run>/`` of SakanaAI/text-to-lora):
-  hypermod.pt          ``torch.save(hypermod.state_dict())``, read with :mod:`hyperlora_jax.torch_pickle` (no torch,
+  hypermod.pt          ``torch.save(hypermod.state_dict())``, read with :mod:`hyperlora_jax.io.torch_pickle` (no torch,
                        no pickled code executed).
   args.yaml            training arguments, read with :mod:`hyperlora_jax.io.safe_yaml` (``!!python/object/apply:``
                        tags yield their single argument; no Python object is built; size and alias expansion bounded).
@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from hyperlora_jax import safetensors_io, torch_pickle
+from hyperlora_jax.io import safetensors_io, torch_pickle
 from hyperlora_jax.io.format_json import read_format_json
 from hyperlora_jax.io.safe_yaml import load_yaml
-from hyperlora_jax.peft_io import atomic_write_dir
+from hyperlora_jax.io.peft_io import atomic_write_dir
 from hyperlora_jax.t2l.hypernet import T2LConfig, param_shapes
 
 FORMAT = "hyperlora_jax.t2l"
@@ -158,7 +158,7 @@ def import_run(run_dir: str, *, module_order: Sequence[str] | None = None,
 
     Returns (params, cfg, meta) where meta has ``emb_model``, ``model_dir``, ``lora_alpha``, ``r``,
     ``target_modules`` and ``source``. Raises ValueError (one message naming every problem) for a checkpoint that
-    does not fit, and :class:`hyperlora_jax.torch_pickle.UnsafeCheckpointError` for a pickle with foreign globals.
+    does not fit, and :class:`hyperlora_jax.io.torch_pickle.UnsafeCheckpointError` for a pickle with foreign globals.
     """
     paths = {"hypermod.pt": os.path.join(run_dir, "hypermod.pt")}
     config_dir = run_dir

@@ -121,7 +121,7 @@ def exact_match(params, cfg, tok, contents: Sequence[str], answers: Sequence[str
 def load_bank(dirs: Sequence[str], cfg) -> Adapter:
     """PEFT directories -> one Adapter with a row per directory."""
     from hyperlora_jax.lora import stack_adapters
-    from hyperlora_jax.peft_io import import_peft
+    from hyperlora_jax.io.peft_io import import_peft
     return stack_adapters([import_peft(d, cfg) for d in dirs])
 
 

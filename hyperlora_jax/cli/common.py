@@ -27,7 +27,7 @@ def load_model_and_tokenizer(model_dir: str | None, dtype: str):
     import jax.numpy as jnp
     from transformers import AutoTokenizer
 
-    from hyperlora_jax.hf_load import load_model
+    from hyperlora_jax.io.hf_load import load_model
     from hyperlora_jax.tiny import ensure_tiny_model
 
     model_dir = model_dir or ensure_tiny_model()
@@ -45,7 +45,7 @@ def load_model_and_tokenizer(model_dir: str | None, dtype: str):
 def load_lora(path: str | None, cfg):
     if path is None:
         return None
-    from hyperlora_jax.peft_io import import_peft
+    from hyperlora_jax.io.peft_io import import_peft
     if not os.path.isdir(path):
         raise UsageError(f"--lora {path!r} is not a directory")
     return import_peft(path, cfg)

@@ -21,7 +21,7 @@ import numpy as np
 
 from hyperlora_jax.config import ModelConfig
 from hyperlora_jax.model import init_params
-from hyperlora_jax.safetensors_io import SafetensorsError, SafetensorsFile, save_file
+from hyperlora_jax.io.safetensors_io import SafetensorsError, SafetensorsFile, save_file
 
 
 class CheckpointError(ValueError):

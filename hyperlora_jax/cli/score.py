@@ -1,6 +1,6 @@
 """Score a continuation: the log-prob of each of its tokens given everything before it.
 
-  python -m hyperlora_jax.score [--model DIR] [--lora PEFT_DIR] (--prompt TEXT [--chat] --continuation TEXT |
+  python -m hyperlora_jax.cli.score [--model DIR] [--lora PEFT_DIR] (--prompt TEXT [--chat] --continuation TEXT |
       --prompt-ids 1,2,3 --continuation-ids 4,5) [--dtype float32|bfloat16]
 
 Text is tokenized as ``tokenizer(prompt)`` followed by ``tokenizer(continuation, add_special_tokens=False)``;
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hyperlora_jax import cli
+from hyperlora_jax.cli import common as cli
 
 
 def _ids(text: str, flag: str) -> list[int]:
@@ -29,7 +29,7 @@ def _ids(text: str, flag: str) -> list[int]:
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(prog="python -m hyperlora_jax.score", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m hyperlora_jax.cli.score", description=__doc__.splitlines()[0])
     cli.add_model_args(p)
     p.add_argument("--prompt")
     p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template to --prompt")

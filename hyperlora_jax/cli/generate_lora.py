@@ -1,6 +1,6 @@
 """Text -> LoRA: turn task descriptions into PEFT adapter directories with a converted T2L hypernetwork.
 
-    python -m hyperlora_jax.generate_lora --t2l DIR --description TEXT [--description TEXT ...] --out DIR
+    python -m hyperlora_jax.cli.generate_lora --t2l DIR --description TEXT [--description TEXT ...] --out DIR
         [--encoder HF_DIR] [--model BASE_DIR] [--scale rslora|alpha_over_r] [--overwrite]
 
 Pipeline: every description is embedded in one batched encoder call (``TaskDescriptionEncoder``), all adapters are
@@ -12,7 +12,7 @@ every vLLM version apply exactly the chosen scale; the convention is recorded un
 ``adapter_model.safetensors`` (float32, PEFT key names) and a copy of the base model's ``config.json`` (vLLM's LoRA
 loader wants it). Scales: ``rslora`` = alpha/sqrt(r) (as the reference trains, PEFT); ``alpha_over_r`` = alpha/r
 (what the published vLLM 0.5.4 evaluations applied). Default: the scale the checkpoint records it was trained with
-(``lora_scale``, written by ``python -m hyperlora_jax.export``), else ``rslora``; ``--scale`` overrides it.
+(``lora_scale``, written by ``python -m hyperlora_jax.cli.export``), else ``rslora``; ``--scale`` overrides it.
 
 ``--encoder`` / ``--model`` override the encoder / base-model directories recorded in the converted checkpoint
 (``emb_model`` / ``model_dir``); recorded relative paths are resolved against the working directory, then the
@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hyperlora_jax import cli
+from hyperlora_jax.cli import common as cli
 
 PEFT_CONFIG, PEFT_WEIGHTS, BASE_CONFIG = "adapter_config.json", "adapter_model.safetensors", "config.json"
 
@@ -107,7 +107,7 @@ def write_peft_dirs(adapter, out: str, *, base_model_dir: str | None, metadata: 
     One row: ``out`` is the PEFT directory; several: ``out/0``, ``out/1``, .... ``metadata[i]`` goes under the
     ``hyperlora_jax`` key of row i's adapter_config.json. The base model's config.json is copied into each.
     """
-    from hyperlora_jax.peft_io import export_peft
+    from hyperlora_jax.io.peft_io import export_peft
 
     n = adapter.batch_size
     if len(metadata) != n:
@@ -173,7 +173,7 @@ def generate_lora(t2l_dir: str, descriptions: Sequence[str], out: str, *, encode
                             f"{cfg.task_emb_size}")
     import jax.numpy as jnp
     adapter = generate_adapters(params, cfg, jnp.asarray(emb), scale)  # one jitted call for all descriptions
-    base = {"generator": "hyperlora_jax.generate_lora", "t2l_variant": cfg.variant,
+    base = {"generator": "hyperlora_jax.cli.generate_lora", "t2l_variant": cfg.variant,
             "t2l_checkpoint": os.path.basename(os.path.normpath(t2l_dir)),
             "scale_convention": scale, "scale": cfg.scale(scale), "trained_scale": config.get("lora_scale"),
             "trained_lora_alpha": cfg.lora_alpha, "trained_r": cfg.r,
@@ -184,9 +184,9 @@ def generate_lora(t2l_dir: str, descriptions: Sequence[str], out: str, *, encode
 
 # --------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hyperlora_jax.generate_lora",
+    p = argparse.ArgumentParser(prog="python -m hyperlora_jax.cli.generate_lora",
                                 description="Generate PEFT LoRA adapters from task descriptions with a T2L "
-                                            "hypernetwork (converted with `python -m hyperlora_jax.convert t2l`).")
+                                            "hypernetwork (converted with `python -m hyperlora_jax.cli.convert t2l`).")
     p.add_argument("--t2l", required=True, help="converted T2L checkpoint directory")
     p.add_argument("--description", action="append", required=True, help="task description (repeatable)")
     p.add_argument("--out", required=True, help="output directory (one adapter) or parent of 0/, 1/, ...")

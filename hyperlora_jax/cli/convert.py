@@ -1,8 +1,8 @@
 """Converts official checkpoints into the project's own formats.
 
-    python -m hyperlora_jax.convert t2l SRC_RUN_DIR DST_DIR [--overwrite] [--module-order q_proj,v_proj]
-    python -m hyperlora_jax.convert d2l SRC_CHECKPOINT_DIR DST_DIR [--overwrite] [--chunk-tokens N]
-    python -m hyperlora_jax.convert gguf FILE.gguf DST_DIR [--overwrite] [--dtype float32|bfloat16]
+    python -m hyperlora_jax.cli.convert t2l SRC_RUN_DIR DST_DIR [--overwrite] [--module-order q_proj,v_proj]
+    python -m hyperlora_jax.cli.convert d2l SRC_CHECKPOINT_DIR DST_DIR [--overwrite] [--chunk-tokens N]
+    python -m hyperlora_jax.cli.convert gguf FILE.gguf DST_DIR [--overwrite] [--dtype float32|bfloat16]
 
 Each method is one subcommand: a function ``_add_<name>(subparsers)`` that declares its arguments and sets
 ``func`` to a handler ``(args) -> str`` (a one-line summary). Adding a method = one more ``_add_*`` in ``COMMANDS``.
@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 
-from hyperlora_jax import cli
+from hyperlora_jax.cli import common as cli
 
 
 class ConvertError(ValueError):
@@ -113,7 +113,7 @@ COMMANDS = (_add_t2l, _add_d2l, _add_gguf)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hyperlora_jax.convert",
+    parser = argparse.ArgumentParser(prog="python -m hyperlora_jax.cli.convert",
                                      description="Convert official T2L / D2L checkpoints to hyperlora_jax formats.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(
         a.__name__[len("_add_"):] for a in COMMANDS) + "}")

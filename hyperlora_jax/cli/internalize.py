@@ -1,9 +1,9 @@
 """Internalise a document with a D2L hypernetwork and write the result as a PEFT LoRA adapter.
 
-    python -m hyperlora_jax.internalize --d2l D2L_DIR --document FILE --out OUT_DIR
+    python -m hyperlora_jax.cli.internalize --d2l D2L_DIR --document FILE --out OUT_DIR
                                         [--model BASE_DIR] [--chunk-tokens N] [--overwrite]
 
-D2L_DIR is a project D2L checkpoint (``python -m hyperlora_jax.convert d2l`` or ``python -m hyperlora_jax.export``).
+D2L_DIR is a project D2L checkpoint (``python -m hyperlora_jax.cli.convert d2l`` or ``python -m hyperlora_jax.cli.export``).
 The document (UTF-8 text) is chat-templated, split into K chunks of about N tokens (default: the checkpoint's chunk
 length, else the base model's max_position_embeddings; N may not exceed either, the window counted with the chunk's
 template tokens), and turned into one adapter of rank (K+1)·r: the K chunk blocks in order, then the
@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from hyperlora_jax import cli
+from hyperlora_jax.cli import common as cli
 
 
 class InternalizeError(ValueError):
@@ -40,7 +40,7 @@ def read_document(path: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hyperlora_jax.internalize",
+    p = argparse.ArgumentParser(prog="python -m hyperlora_jax.cli.internalize",
                                 description="Document -> PEFT LoRA adapter with a D2L hypernetwork.")
     p.add_argument("--d2l", required=True, help="project D2L checkpoint directory (convert d2l output)")
     p.add_argument("--document", required=True, help="UTF-8 text file to internalise")
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args) -> str:
     from hyperlora_jax.d2l.api import DocToLoRA
-    from hyperlora_jax.peft_io import export_peft, prepare_out_dir
+    from hyperlora_jax.io.peft_io import export_peft, prepare_out_dir
 
     try:  # cheap checks first: nothing is loaded or written for a bad --out or document
         cli.check_out_vs_sources(args.out, [("D2L checkpoint", args.d2l), ("document", args.document),

@@ -1,4 +1,4 @@
-"""The evaluation harness: ``python -m hyperlora_jax.evaluate --config=configs/X.py[:preset] [--checkpoint DIR]
+"""The evaluation harness: ``python -m hyperlora_jax.cli.evaluate --config=configs/X.py[:preset] [--checkpoint DIR]
 [--workdir W] [--config.key=value] [suite options]``.
 
 Suites (``--suites``, default by the config's method: d2l → niah (+ qa when --qa_file is given); t2l → t2l_bench):
@@ -21,15 +21,15 @@ each method once untimed per length bin so that wall / adapter times leave JIT c
 Expected errors: one line ``error: ...`` on stderr, exit status 2.
 
 Examples:
-  python -m hyperlora_jax.evaluate --config=configs/d2l.py:toy --checkpoint /tmp/d2l_toy --workdir /tmp/ev \\
+  python -m hyperlora_jax.cli.evaluate --config=configs/d2l.py:toy --checkpoint /tmp/d2l_toy --workdir /tmp/ev \\
       --n 16 --lengths 64,128,256,512,1024 --cd_steps 100 --cd_lr 1e-2 --warmup
-  python -m hyperlora_jax.evaluate --config=configs/d2l.py:toy --workdir /tmp/ev --n 8 --lengths 64,256 \\
+  python -m hyperlora_jax.cli.evaluate --config=configs/d2l.py:toy --workdir /tmp/ev --n 8 --lengths 64,256 \\
       --cd_steps 50 --cd_lr 1e-2 --qa_file my_qa.jsonl
-  python -m hyperlora_jax.evaluate --config=configs/d2l.py:gemma2_2b --checkpoint ckpt/d2l_gemma \\
+  python -m hyperlora_jax.cli.evaluate --config=configs/d2l.py:gemma2_2b --checkpoint ckpt/d2l_gemma \\
       --config.model.base_model=models/gemma-2-2b-it --suites qa --qa_file squad.jsonl --workdir /tmp/ev
-  python -m hyperlora_jax.evaluate --config=configs/d2l.py:smollm2 --checkpoint /tmp/d2l_smol \\
+  python -m hyperlora_jax.cli.evaluate --config=configs/d2l.py:smollm2 --checkpoint /tmp/d2l_smol \\
       --config.model.base_model=models/smollm2 --suites facts --lengths 128,256,512,1024 --n 64
-  python -m hyperlora_jax.evaluate --config=configs/t2l.py:tiny --checkpoint ckpt/t2l_L --bench_file arc.jsonl \\
+  python -m hyperlora_jax.cli.evaluate --config=configs/t2l.py:tiny --checkpoint ckpt/t2l_L --bench_file arc.jsonl \\
       --workdir /tmp/ev
 """
 from __future__ import annotations
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from absl import flags
     from absl import logging as absl_logging
 
-    from hyperlora_jax import cli
+    from hyperlora_jax.cli import common as cli
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs at INFO
     argv = ["evaluate"] + list(sys.argv[1:] if argv is None else argv)

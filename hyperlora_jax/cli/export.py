@@ -1,6 +1,6 @@
 """Training workdir -> hypernetwork checkpoint directory (the format ``convert d2l`` / ``convert t2l`` write).
 
-    python -m hyperlora_jax.export --workdir W --out DIR [--step N] [--overwrite]
+    python -m hyperlora_jax.cli.export --workdir W --out DIR [--step N] [--overwrite]
 
 W is a ``python -m hyperlora_jax.train`` workdir of a ``d2l`` or ``t2l`` run (or its ``checkpoints/`` or
 ``checkpoints_best/`` directory): its Orbax checkpoints and the ``config.json`` the trainer saves beside them
@@ -24,7 +24,7 @@ import dataclasses
 import os
 import sys
 
-from hyperlora_jax import cli
+from hyperlora_jax.cli import common as cli
 
 EXPORTABLE = ("d2l", "t2l")
 
@@ -75,7 +75,7 @@ def export(workdir: str, out: str, *, step: int | None = None, overwrite: bool =
 
     from hyperlora_jax.eval.systems import restore_trainable
     from hyperlora_jax.methods import get_method
-    from hyperlora_jax.peft_io import prepare_out_dir
+    from hyperlora_jax.io.peft_io import prepare_out_dir
     from hyperlora_jax.run_config import load_run_config
     from hyperlora_jax.sharding import make_mesh
 
@@ -108,7 +108,7 @@ def export(workdir: str, out: str, *, step: int | None = None, overwrite: bool =
     params, step = restore_trainable(method, config, ckdir, step)
     params = jax.device_get(params)
     source = {"kind": "training workdir", "workdir": os.path.abspath(root), "step": step,
-              "checkpoints": os.path.abspath(ckdir), "exporter": "hyperlora_jax.export"}
+              "checkpoints": os.path.abspath(ckdir), "exporter": "hyperlora_jax.cli.export"}
     if method_name == "d2l":
         from hyperlora_jax.d2l import checkpoint as d2l_checkpoint
         hcfg = method.hyper_cfg
@@ -128,7 +128,7 @@ def export(workdir: str, out: str, *, step: int | None = None, overwrite: bool =
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hyperlora_jax.export",
+    p = argparse.ArgumentParser(prog="python -m hyperlora_jax.cli.export",
                                 description="Export a trained d2l / t2l workdir as a hypernetwork checkpoint "
                                             "directory (what internalize / generate_lora / evaluate read).")
     p.add_argument("--workdir", required=True, help="training workdir (python -m hyperlora_jax.train --workdir)")

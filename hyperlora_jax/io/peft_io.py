@@ -20,7 +20,7 @@ import numpy as np
 
 from hyperlora_jax.config import ModelConfig
 from hyperlora_jax.lora import ATTN_MODULES, LORA_MODULES, Adapter, check_adapter
-from hyperlora_jax.safetensors_io import SafetensorsError, load_file, save_file
+from hyperlora_jax.io.safetensors_io import SafetensorsError, load_file, save_file
 
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
 _KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")

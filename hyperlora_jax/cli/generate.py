@@ -1,6 +1,6 @@
 """Generate text with a base model, optionally with a PEFT LoRA adapter.
 
-  python -m hyperlora_jax.generate [--model DIR] [--lora PEFT_DIR] --prompt TEXT [--chat] [--max-new-tokens N]
+  python -m hyperlora_jax.cli.generate [--model DIR] [--lora PEFT_DIR] --prompt TEXT [--chat] [--max-new-tokens N]
       [--temperature T] [--top-p P] [--seed S] [--dtype float32|bfloat16]
 
 Without --model the base model the --lora adapter records (adapter_config.json base_model_name_or_path) is used,
@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from hyperlora_jax import cli
+from hyperlora_jax.cli import common as cli
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(prog="python -m hyperlora_jax.generate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m hyperlora_jax.cli.generate", description=__doc__.splitlines()[0])
     cli.add_model_args(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template to the prompt")

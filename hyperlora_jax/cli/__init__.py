@@ -1,0 +1,1 @@
+"""Command-line tools: `python -m hyperlora_jax.cli.<command>` (convert, evaluate, export, generate, generate_lora, internalize, score); common.py holds their shared loading and one-line error reporting."""
