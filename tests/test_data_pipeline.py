@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import DATA
-from hyperlora_jax.data.iterators import HierarchicalTaskOrder
 from hyperlora_jax.data.packing import PackConfig, PackedIterator, segment_nll
 from hyperlora_jax.data.stats import DataStats
-from hyperlora_jax.data.tokenize import (ChatTokenizer, D2LTokenizeConfig, D2LTokenizer, T2LTokenizeConfig,
-                                         T2LTokenizer, longest_first)
+from hyperlora_jax.data.tokenize import ChatTokenizer, D2LTokenizeConfig, D2LTokenizer
 
 TOK = os.path.join(DATA, "tokenizer")
 
@@ -39,22 +37,6 @@ def test_templates_and_masks(chat):
     ctx = chat.tok.decode(chat.encode_context("  a doc "))
     assert ctx.startswith("<|begin_of_text|><|start_header_id|>system") and "a doc<|eot_id|>" in ctx
     assert ctx.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
-    p, r = chat.encode_sft_pair("task", "ans")
-    assert chat.tok.decode(r) == "<|start_header_id|>assistant<|end_header_id|>\n\nans<|eot_id|>"
-
-
-def test_t2l_longest_first_left_truncation(chat):
-    assert longest_first(30, 10, 16) == (8, 8) and longest_first(10, 10, 17) == (9, 8)
-    assert longest_first(3, 30, 16) == (3, 13) and longest_first(5, 5, 16) == (5, 5)
-    rec = {"task_def": "Copy the text.", "problem": "x" * 40, "answer": "the answer", "task_index": 3}
-    p, r = chat.encode_sft_pair("Copy the text.\n\n" + "x" * 40, "the answer")
-    stats = DataStats()
-    (s,) = T2LTokenizer(chat, T2LTokenizeConfig(max_len=len(r) + 10))(rec, None, stats)
-    qa = s.qas[0]
-    n1, n2 = longest_first(len(p), len(r), len(r) + 10)
-    assert len(qa.ids) == len(r) + 10 and qa.target.sum() == n2 and s.task == 3
-    np.testing.assert_array_equal(qa.ids, np.concatenate([p[len(p) - n1:], r[len(r) - n2:]]))
-    assert stats["tokenize/truncated"] == 1
 
 
 def test_context_overflow_chunked_or_truncated_and_counted(chat):
@@ -206,19 +188,6 @@ def test_teacher_topk_aligned_with_predicting_position(chat):
     np.testing.assert_array_equal(b["topk_ids"][0, 6], [9, 10, 11])  # second QA, predicts its token 2
     np.testing.assert_array_equal(b["qa_doc"][0, :3], [1, 1, 0])
     np.testing.assert_array_equal(b["ctx_tokens"][0, :3], [0, 5, 6])
-
-
-def test_t2l_hierarchical_order():
-    sizes = [5, 3, 0, 4, 6, 2]
-    order = HierarchicalTaskOrder(sizes, tasks_per_batch=2, seed=1)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    task_of = lambda i: int(np.searchsorted(offsets, i, side="right") - 1)
-    for b in range(10):
-        tasks = [task_of(order(b * 2 + j)) for j in range(2)]
-        assert len(set(tasks)) == 2 and 2 not in tasks
-    epoch = [task_of(order(i)) for i in range(4)]  # 5 non-empty tasks, groups of 2 → 2 groups per epoch
-    assert len(set(epoch)) == 4
-    assert [order(i) for i in range(20)] == [HierarchicalTaskOrder(sizes, 2, seed=1)(i) for i in range(20)]
 
 
 def test_template_without_generation_tags_masks_the_answer(tmp_path, chat):

@@ -31,34 +31,6 @@ class ExampleStream:
         return int(self._perm[j])
 
 
-class HierarchicalTaskOrder:
-    """T2L's hierarchical sampler (spec 7.1) as a stream: each "epoch" permutes the tasks and cuts them into groups of
-    ``tasks_per_batch`` (remainder dropped); stream positions [b·G, (b+1)·G) (G = tasks_per_batch·points_per_task) are
-    ``points_per_task`` uniformly random examples of each task of group b. ``task_sizes[t]`` examples of task t sit at
-    source indices ``offsets[t] ..``. Infinite; a pure function of (seed, position).
-    """
-
-    def __init__(self, task_sizes, tasks_per_batch: int = 8, points_per_task: int = 1, seed: int = 0):
-        self.sizes = np.asarray(task_sizes, np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
-        valid = np.nonzero(self.sizes > 0)[0]
-        if len(valid) < tasks_per_batch:
-            raise ValueError(f"{len(valid)} non-empty tasks, fewer than tasks_per_batch={tasks_per_batch}")
-        self.valid, self.tpb, self.ppt, self.seed = valid, tasks_per_batch, points_per_task, seed
-        self.groups_per_epoch = len(valid) // tasks_per_batch
-        self._epoch, self._perm = None, None
-
-    def __call__(self, i: int) -> int:
-        per_batch = self.tpb * self.ppt
-        b, j = divmod(i, per_batch)
-        epoch, g = divmod(b, self.groups_per_epoch)
-        if self._epoch != epoch:
-            self._epoch, self._perm = epoch, np.random.default_rng([self.seed, 1, epoch]).permutation(self.valid)
-        task = int(self._perm[g * self.tpb + j // self.ppt])
-        k = int(np.random.default_rng([self.seed, 2, i]).integers(self.sizes[task]))
-        return int(self.offsets[task] + k)
-
-
 class IndexedBatchIterator:
     """Yields host-local batches (dict of numpy arrays with a leading row axis).
 

@@ -7,7 +7,7 @@ Row layout (all numpy, one dict per row; batches stack them):
   loss_mask                        [T] f32     1 at t when token t+1 is a target of the same segment (the
                                                next-token convention of ``methods.lm.lm_loss``)
   qa_doc                           [S] int32   document (1..) of QA segment s+1 in this row; 0 = unused slot
-  qa_example, qa_task              [S] int32   source record index / task index of segment s+1; -1 = none
+  qa_example                       [S] int32   source record index of segment s+1; -1 = none
   ctx_tokens, ctx_segment_ids, ctx_positions  [C]  context chunks (segment m = 1.. is one chunk), if ctx_len > 0
   ctx_chunk_doc                    [M] int32   document (1..) of chunk segment m+1; 0 = unused
   topk_vals [T, K] f32, topk_ids [T, K] int32  teacher log-probs of the distribution predicted *at* t (for token
@@ -39,7 +39,7 @@ from hyperlora_jax.data.tokenize import Sample
 @dataclasses.dataclass
 class PackConfig:
     seq_len: int                 # T: QA tokens per row
-    ctx_len: int = 0             # C: context tokens per row (0 = no context row, e.g. T2L)
+    ctx_len: int = 0             # C: context tokens per row (0 = no context row)
     max_segments: int = 16       # S: QA segments per row
     max_ctx_segments: int = 16   # M: context chunks per row
     top_k: int = 0               # K: teacher log-probs per position (0 = none)
@@ -77,7 +77,7 @@ def empty_row(cfg: PackConfig) -> dict:
     T, S = cfg.seq_len, cfg.max_segments
     row = {"tokens": np.zeros(T, np.int32), "segment_ids": np.zeros(T, np.int32), "positions": np.zeros(T, np.int32),
            "loss_mask": np.zeros(T, np.float32), "qa_doc": np.zeros(S, np.int32),
-           "qa_example": np.full(S, -1, np.int32), "qa_task": np.full(S, -1, np.int32)}
+           "qa_example": np.full(S, -1, np.int32)}
     if cfg.ctx_len:
         C, M = cfg.ctx_len, cfg.max_ctx_segments
         row.update(ctx_tokens=np.zeros(C, np.int32), ctx_segment_ids=np.zeros(C, np.int32),
@@ -108,7 +108,7 @@ def assemble(samples: list, cfg: PackConfig) -> dict:
             if cfg.top_k and qa.topk_vals is not None:
                 row["topk_vals"][t:t + n - 1] = qa.topk_vals[1:, :cfg.top_k]
                 row["topk_ids"][t:t + n - 1] = qa.topk_ids[1:, :cfg.top_k]
-            row["qa_doc"][s], row["qa_example"][s], row["qa_task"][s] = d, smp.example, smp.task
+            row["qa_doc"][s], row["qa_example"][s] = d, smp.example
             t, s = t + n, s + 1
     return row
 
@@ -135,7 +135,7 @@ class PackedIterator:
     """Host-local batches of packed rows from an indexed record source (see the module docstring).
 
     source:     ``source(i) -> record`` or an object with ``__getitem__``, for i in [0, size)
-    tokenize:   ``tokenize(record, rng, stats, example=i) -> [Sample]`` (e.g. ``D2LTokenizer``, ``T2LTokenizer``)
+    tokenize:   ``tokenize(record, rng, stats, example=i) -> [Sample]`` (e.g. ``D2LTokenizer``)
     rows_per_batch: rows per host-local batch
     num_epochs: None = repeat forever; otherwise stop after that many passes (last batch padded with empty rows)
     order:      stream position -> example index (default ``ExampleStream(size, seed, shuffle)``)
@@ -154,8 +154,6 @@ class PackedIterator:
             raise ValueError(f"max_ctx_len {tcfg.max_ctx_len} exceeds the context row length {cfg.ctx_len}")
         if tcfg is not None and getattr(tcfg, "max_qas_len", 0) > cfg.seq_len:
             raise ValueError(f"max_qas_len {tcfg.max_qas_len} exceeds the row length {cfg.seq_len}")
-        if tcfg is not None and getattr(tcfg, "max_len", 0) > cfg.seq_len:
-            raise ValueError(f"max_len {tcfg.max_len} exceeds the row length {cfg.seq_len}")
         if num_epochs is not None and size is None:
             raise ValueError("num_epochs needs a finite source")
         self.get = source.__getitem__ if hasattr(source, "__getitem__") else source

@@ -12,11 +12,7 @@ D2L (spec 2.1, 11.1, 11.2):
     ``response_start_end`` span and teacher top-k rows;
   * a QA longer than ``max_qas_len`` tokens is skipped and counted (``split_too_long_qas``); at most
     ``max_qas_per_sample`` QAs share one sample (default 1: each (context, QA) is one sample).
-T2L (spec 7.1, completion mode):
-  * prompt = chat template over ``[system "", user prompt]`` (no generation prompt), response = the rest of the
-    rendered ``[system, user, assistant answer]`` conversation (assistant header + answer + end-of-turn), loss on
-    the response; the pair is truncated to ``max_len`` *in total* with ``longest_first`` from the **left** of each
-    segment (prompt 30 + response 10 at 16 → 8 + 8).
+T2L examples are tokenised by ``hyperlora_jax.methods.t2l.ChatFormatter`` (the one T2L path).
 
 Masks here are per token: ``target[t] = 1`` when token t is a loss target. Packing converts them to the trainer's
 next-token convention.
@@ -81,13 +77,6 @@ class ChatTokenizer:
         head = self.render(msgs[:2], add_generation_prompt=True)
         return self._split(head, self.render(msgs, add_generation_prompt=False))
 
-    def encode_sft_pair(self, prompt: str, response: str, system: str = "") -> tuple[np.ndarray, np.ndarray]:
-        """(prompt ids, response ids) of T2L completion mode, untruncated."""
-        msgs = self._conversation(prompt, response, system)
-        head = self.render(msgs[:2], add_generation_prompt=False)
-        ids, target = self._split(head, self.render(msgs, add_generation_prompt=False))
-        return ids[~target], ids[target]
-
     @staticmethod
     def _split(head, full):
         if full[:len(head)] != head:
@@ -95,20 +84,6 @@ class ChatTokenizer:
         target = np.zeros(len(full), bool)
         target[len(head):] = True
         return np.asarray(full, np.int32), target
-
-
-def longest_first(n1: int, n2: int, max_len: int) -> tuple[int, int]:
-    """Kept lengths of a pair under HF ``truncation='longest_first'``: trim the longer one, ties trim the second."""
-    excess = n1 + n2 - max_len
-    if excess <= 0:
-        return n1, n2
-    d = min(abs(n1 - n2), excess)
-    if n1 > n2:
-        n1 -= d
-    else:
-        n2 -= d
-    excess -= d
-    return n1 - excess // 2, n2 - (excess - excess // 2)
 
 
 def truncate(ids: np.ndarray, max_len: int, mode: str) -> np.ndarray:
@@ -152,7 +127,6 @@ class Sample:
     ctx_chunks: list                   # [np.ndarray int32]
     qas: list                          # [QA]
     example: int = -1                  # index of the source record
-    task: int = -1                     # task index (T2L), -1 = none
 
     @property
     def ctx_len(self):
@@ -289,43 +263,6 @@ class D2LTokenizer:
         stats.add("tokenize/samples", len(samples))
         stats.add("tokenize/qas", len(qas))
         return samples
-
-
-# ---------------------------------------------------------------------------------------------------------------- T2L
-
-@dataclasses.dataclass
-class T2LTokenizeConfig:
-    max_len: int = 512                           # inp_max_len: prompt + response in total
-    user_prompt_template: str = "{task_def}\n\n{problem}"
-    system: str = ""
-
-
-class T2LTokenizer:
-    """t2l_tasks record → (ids, target) in T2L completion mode, plus the task index for the description lookup."""
-
-    def __init__(self, tokenizer, cfg: T2LTokenizeConfig | None = None):
-        self.chat = tokenizer if isinstance(tokenizer, ChatTokenizer) else ChatTokenizer(tokenizer)
-        self.cfg = cfg or T2LTokenizeConfig()
-
-    def __call__(self, record, rng=None, stats: DataStats | None = None, example: int = -1) -> list:
-        stats = stats if stats is not None else DataStats()
-        fields = {k: record.get(k) for k in ("task_def", "problem", "answer")}
-        if fields["answer"] is None or (_is_text(fields["answer"]) and not fields["answer"].strip()):
-            stats.add("tokenize/missing_answer")
-            return []
-        if not all(_is_text(v) for v in fields.values()):
-            stats.add("tokenize/non_text")
-            return []
-        prompt = self.cfg.user_prompt_template.format(**fields)
-        p, r = self.chat.encode_sft_pair(prompt, fields["answer"], self.cfg.system)
-        n1, n2 = longest_first(len(p), len(r), self.cfg.max_len)
-        if (n1, n2) != (len(p), len(r)):
-            stats.add("tokenize/truncated")
-        p, r = p[len(p) - n1:], r[len(r) - n2:]  # truncation side left
-        ids = np.concatenate([p, r]).astype(np.int32)
-        target = np.concatenate([np.zeros(len(p), bool), np.ones(len(r), bool)])
-        stats.add("tokenize/samples")
-        return [Sample([], [QA(ids, target)], example, int(record.get("task_index", -1)))]
 
 
 def reference_chunker(tokenizer, chunk_tokens: int) -> Chunker:
