@@ -16,6 +16,7 @@ with a warning, and the previous step is tried. Temporary directories of interru
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import socket
@@ -37,26 +38,137 @@ class WorkdirBusyError(ValueError):
 
 
 class CheckpointLookupError(ValueError):
-    """A requested checkpoint step that is not there, or whose metadata cannot be read (one line)."""
+    """No checkpoint, a requested step that is not there, or one that cannot be read (one line)."""
 
 
-def step_and_meta(mgr, ckdir: str, step: int | None = None) -> tuple[int, dict]:
-    """(step, saved metadata) of the newest complete step of an open Orbax CheckpointManager over ``ckdir``, or of
-    ``step``; CheckpointLookupError when there is none / no such step / unreadable metadata."""
-    import orbax.checkpoint as ocp
+CHECKPOINT_DIRS = ("checkpoints", "checkpoints_best")
 
-    steps = sorted(mgr.all_steps())
+
+def checkpoint_dir(workdir: str) -> str:
+    """The Orbax directory of a training run given as ``workdir``: the path itself when it is a ``checkpoints/`` or
+    ``checkpoints_best/`` directory, else ``workdir/checkpoints`` (absolute)."""
+    path = os.path.abspath(workdir)
+    if os.path.basename(os.path.normpath(path)) in CHECKPOINT_DIRS:
+        return path
+    return os.path.join(path, "checkpoints")
+
+
+def run_fingerprint(method, abstract_params) -> dict:
+    """What a checkpoint records about its run and a restore compares: ``method.fingerprint()`` plus a hash of the
+    trainable parameters' paths and shapes (``trainable_params``)."""
+    shapes = sorted(f"{jax.tree_util.keystr(p)}:{tuple(x.shape)}"
+                    for p, x in jax.tree_util.tree_leaves_with_path(abstract_params))
+    fp = dict(method.fingerprint())
+    fp["trainable_params"] = hashlib.sha1("\n".join(shapes).encode()).hexdigest()[:16]
+    return fp
+
+
+def fingerprint_differences(saved: dict, current: dict) -> list[str]:
+    """'KEY: checkpoint has X, this run has Y' for every fingerprint key whose values differ (``saved``: the
+    checkpoint's; a key only one side has shows as ``none`` on the other)."""
+    out = []
+    for k, v in current.items():
+        if k not in saved:
+            out.append(f"{k}: checkpoint has none, this run has {v!r}")
+        elif saved[k] != v:
+            out.append(f"{k}: checkpoint has {saved[k]!r}, this run has {v!r}")
+    return out + [f"{k}: checkpoint has {saved[k]!r}, this run has none" for k in saved if k not in current]
+
+
+def _reader(ckdir: str):
+    return ocp.CheckpointManager(ckdir, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
+                                 item_names=("state", "data", "meta"))
+
+
+def _steps(workdir: str) -> tuple[str, list[int]]:
+    """(checkpoint directory, its step numbers newest first); CheckpointLookupError when there are none."""
+    ckdir = checkpoint_dir(workdir)
+    steps = sorted((int(n) for n in os.listdir(ckdir) if n.isdigit()), reverse=True) if os.path.isdir(ckdir) else []
     if not steps:
-        raise CheckpointLookupError(f"{ckdir} holds no complete checkpoint")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise CheckpointLookupError(f"{ckdir} has no step {step} (steps: {', '.join(map(str, steps))})")
+        raise CheckpointLookupError(f"{workdir!r} holds no checkpoint (expected {ckdir}/<step>/ written by "
+                                    "python -m hyperlora_jax.train)")
+    return ckdir, steps
+
+
+def _read_meta(mgr, ckdir: str, step: int) -> dict:
     try:
         meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # noqa: BLE001 - any orbax failure is one message
         raise CheckpointLookupError(f"cannot read the metadata of {ckdir}/{step}: {type(e).__name__}") from None
-    return int(step), dict(meta or {})
+    return dict(meta or {})
+
+
+def _candidates(ckdir: str, steps: list[int], step: int | None) -> list[int]:
+    """The steps to try: ``[step]`` (CheckpointLookupError when it is not there), else all, newest first."""
+    if step is None:
+        return steps
+    if step not in steps:
+        raise CheckpointLookupError(f"{ckdir} has no step {step} (steps: {', '.join(map(str, sorted(steps)))})")
+    return [step]
+
+
+def checkpoint_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
+    """(step, saved fingerprint) of step ``step`` of a training workdir (or its ``checkpoints/`` /
+    ``checkpoints_best/``), default the newest step whose metadata reads; CheckpointLookupError when there is no
+    checkpoint / no such step / no readable metadata."""
+    ckdir, steps = _steps(workdir)
+    mgr = _reader(ckdir)
+    try:
+        errors = []
+        for s in _candidates(ckdir, steps, step):
+            try:
+                return s, _read_meta(mgr, ckdir, s)
+            except CheckpointLookupError as e:
+                if step is not None:
+                    raise
+                errors.append(str(e))
+        raise CheckpointLookupError(f"{ckdir} holds no readable checkpoint ({'; '.join(errors)})")
+    finally:
+        mgr.close()
+
+
+def restore_params(workdir: str, template, *, fingerprint: dict, step: int | None = None):
+    """(trainable params, step): the ``params`` subtree of step ``step`` (default: the newest readable step) of a
+    training workdir (or its ``checkpoints/`` / ``checkpoints_best/``), restored read-only into ``template``'s
+    shapes, dtypes and shardings (arrays or ShapeDtypeStructs); the optimizer state and data position stay behind.
+
+    The checkpoint must have been written with ``fingerprint`` (``run_fingerprint``): else CheckpointMismatchError
+    naming each differing key ('KEY: checkpoint has X, this run has Y'). No checkpoint, no such step, or nothing
+    readable: CheckpointLookupError. Without ``step``, unreadable steps are skipped with a warning."""
+    ckdir, steps = _steps(workdir)
+    tmpl = {"params": _abstract(template)}
+    restore_args = jax.tree_util.tree_map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), tmpl)
+    mgr = _reader(ckdir)
+    try:
+        errors = []
+        for s in _candidates(ckdir, steps, step):
+            try:
+                meta = _read_meta(mgr, ckdir, s)
+            except CheckpointLookupError as e:
+                if step is not None:
+                    raise
+                log.warning("%s; trying the previous step", e)
+                errors.append(str(e))
+                continue
+            diffs = fingerprint_differences(meta, fingerprint)
+            if diffs:
+                raise CheckpointMismatchError(f"the checkpoint {ckdir}/{s} is of a different model configuration: "
+                                              + "; ".join(diffs))
+            try:
+                out = mgr.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                    item=tmpl, restore_args=restore_args, partial_restore=True)))
+            except Exception as e:  # noqa: BLE001 - a partial / corrupt checkpoint
+                why = f"cannot restore {ckdir}/{s}: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                if step is not None:
+                    raise CheckpointLookupError(why) from None
+                log.warning("%s; trying the previous step", why)
+                errors.append(why)
+                continue
+            return out["state"]["params"], s
+        raise CheckpointLookupError(f"{ckdir} holds no readable checkpoint ({'; '.join(errors)})")
+    finally:
+        mgr.close()
 
 
 def lock_workdir(workdir: str):
@@ -181,15 +293,9 @@ class Checkpointer:
         if self.best is not None and metrics and self.best_metric in metrics:
             self.best.save(step, args=args, metrics={k: float(v) for k, v in metrics.items()}, force=True)
 
-    def _fingerprint_diffs(self, meta: dict, theirs: str) -> list[str]:
-        """'key: <theirs> has X, this run has Y' for each fingerprint field ``meta`` (a checkpoint's) differs in."""
-        return [f"{k}: {theirs} has {meta.get(k)!r}, this run has {v!r}"
-                for k, v in self.fingerprint.items() if meta.get(k) != v]
-
     def check_fingerprint(self, step: int):
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        diffs = self._fingerprint_diffs(meta, "checkpoint")
-        diffs += [f"{k}: checkpoint has {meta[k]!r}, this run has none" for k in meta if k not in self.fingerprint]
+        diffs = fingerprint_differences(meta, self.fingerprint)
         if diffs:
             raise CheckpointMismatchError(
                 f"the workdir {os.path.dirname(self.dir)!r} holds a checkpoint (step {step}) of a different run: "
@@ -242,45 +348,6 @@ class Checkpointer:
                 continue
             return out["state"], out["data"], step
         return None
-
-    def params_from(self, other: str, params_template):
-        """The trainable parameters of the newest readable checkpoint of another run (``other``: its workdir or
-        its ``checkpoints`` directory), restored into ``params_template``'s shapes and shardings, and that step.
-        Only the ``params`` subtree is read (the optimizer state and data position stay behind). The other run
-        must have this run's fingerprint (method, model configuration, parameter shapes): else
-        CheckpointMismatchError naming the differing fields; no readable checkpoint there is a ValueError."""
-        src = os.path.abspath(other)
-        if os.path.isdir(os.path.join(src, "checkpoints")):
-            src = os.path.join(src, "checkpoints")
-        steps = []
-        if os.path.isdir(src):
-            steps = sorted((int(n) for n in os.listdir(src) if n.isdigit()), reverse=True)
-        if not steps:
-            raise ValueError(f"init_from: no checkpoint in {other!r} (expected a training workdir or its "
-                             "checkpoints directory)")
-        mgr = ocp.CheckpointManager(src, options=ocp.CheckpointManagerOptions(read_only=True),
-                                    item_names=("state", "data", "meta"))
-        try:
-            errors = []
-            for step in steps:
-                try:
-                    meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-                except Exception as e:  # partial / corrupt: try the previous step
-                    errors.append(f"step {step}: {type(e).__name__}")
-                    continue
-                diffs = self._fingerprint_diffs(meta, repr(other))
-                if diffs:
-                    raise CheckpointMismatchError(f"init_from: {other!r} (step {step}) is a run of a different "
-                                                  "model configuration: " + "; ".join(diffs))
-                tmpl = {"params": _abstract(params_template)}
-                restore_args = jax.tree_util.tree_map(
-                    lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), tmpl)
-                out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                    item=tmpl, restore_args=restore_args, partial_restore=True)))
-                return out["state"]["params"], step
-            raise ValueError(f"init_from: no readable checkpoint in {other!r} ({'; '.join(errors)})")
-        finally:
-            mgr.close()
 
     def _readable_meta(self, step) -> bool:
         try:

@@ -14,7 +14,6 @@ metrics.jsonl without the steps it repeats. Command-line errors are one ``error:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -140,14 +139,6 @@ def _cpp_min_log_level() -> int:
 
 
 # ===== helpers ================================================================================================
-
-def _fingerprint(method, abstract_params) -> dict:
-    shapes = sorted(f"{jax.tree_util.keystr(p)}:{tuple(x.shape)}"
-                    for p, x in jax.tree_util.tree_leaves_with_path(abstract_params))
-    fp = dict(method.fingerprint())
-    fp["trainable_params"] = hashlib.sha1("\n".join(shapes).encode()).hexdigest()[:16]
-    return fp
-
 
 def _peak_flops() -> float | None:
     kind = jax.devices()[0].device_kind
@@ -297,7 +288,7 @@ def run(config, workdir: str) -> dict:
 
 
 def _run_locked(config, workdir: str) -> dict:
-    from hyperlora_jax.checkpoint import Checkpointer
+    from hyperlora_jax.checkpoint import Checkpointer, run_fingerprint
     from hyperlora_jax.methods import get_method
     from hyperlora_jax.optim import make_optimizer
     from hyperlora_jax.sharding import make_mesh, param_shardings, replicated
@@ -340,8 +331,8 @@ def _run_locked(config, workdir: str) -> dict:
                                        compiler_options=step_compiler_options()))
 
     # ----- checkpoint restore ---------------------------------------------------------------------------------
-    ckpt = Checkpointer(workdir, _fingerprint(method, abstract["params"]), keep=config.get("keep_checkpoints", 3),
-                        best_metric=config.get("best_metric") or None, best_mode=config.get("best_mode", "min"),
+    ckpt = Checkpointer(workdir, run_fingerprint(method, abstract["params"]),
+                        keep=config.get("keep_checkpoints", 3), best_metric=config.get("best_metric") or None, best_mode=config.get("best_mode", "min"),
                         async_save=config.get("async_checkpoints", True))
     try:
         return _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start)
@@ -352,6 +343,7 @@ def _run_locked(config, workdir: str) -> dict:
 
 def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start) -> dict:
     """Restore, then the loop (metrics, evaluation, checkpoints, stop signals), then the final evaluation."""
+    from hyperlora_jax.checkpoint import CheckpointLookupError, CheckpointMismatchError, restore_params
     from hyperlora_jax.optim import learning_rate_schedule
     from hyperlora_jax.sharding import host_batch_to_global
     from hyperlora_jax.io.tb_events import EventWriter
@@ -373,7 +365,10 @@ def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_sta
         if tried:
             data = method.data_iterator(jax.process_index(), jax.process_count())
         if config.get("init_from"):
-            params, src_step = ckpt.params_from(config.init_from, state["params"])
+            try:
+                params, src_step = restore_params(config.init_from, state["params"], fingerprint=ckpt.fingerprint)
+            except (CheckpointLookupError, CheckpointMismatchError) as e:
+                raise type(e)(f"init_from: {e}") from None
             state = dict(state, params=params)
             if is_main:
                 log.info("trainable parameters from %s (its step %d); fresh optimizer, step 0", config.init_from,

@@ -310,7 +310,7 @@ def test_checkpoint_of_another_model_and_bad_rows(trained_workdir, t2l_converted
     rc = evaluate.main([f"--config={D2L_CFG}:toy", "--config.model.r=4", "--checkpoint", wd, "--workdir",
                         str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "different model" in err[0] and "this config has 4" in err[0]
+    assert rc == 2 and len(err) == 1 and "different model" in err[0] and "this run has 4" in err[0]
     rc = evaluate.main([f"--config={D2L_CFG}:toy", "--checkpoint", t2l_converted, "--workdir", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [f"error: --checkpoint {t2l_converted!r} is a T2L checkpoint but the config's method "

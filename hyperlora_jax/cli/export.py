@@ -34,31 +34,12 @@ class ExportError(ValueError):
 
 
 def _workdir_and_ckdir(workdir: str) -> tuple[str, str]:
-    from hyperlora_jax.eval.systems import train_checkpoint_dir
+    from hyperlora_jax.checkpoint import checkpoint_dir
 
     if not os.path.isdir(workdir):
         raise ExportError(f"--workdir {workdir!r} does not exist or is not a directory")
-    ckdir = train_checkpoint_dir(workdir)
-    root = os.path.dirname(ckdir)
-    if not os.path.isdir(ckdir) or not any(n.isdigit() for n in os.listdir(ckdir)):
-        raise ExportError(f"--workdir {workdir!r} holds no checkpoint (expected {ckdir}/<step>/ written by "
-                          f"python -m hyperlora_jax.train)")
-    return root, ckdir
-
-
-def _steps_and_meta(ckdir: str, step: int | None) -> tuple[int, dict]:
-    import orbax.checkpoint as ocp
-
-    from hyperlora_jax.checkpoint import CheckpointLookupError, step_and_meta
-
-    mgr = ocp.CheckpointManager(ckdir, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
-                                item_names=("state", "data", "meta"))
-    try:
-        return step_and_meta(mgr, ckdir, step)
-    except CheckpointLookupError as e:
-        raise ExportError(str(e)) from None
-    finally:
-        mgr.close()
+    ckdir = checkpoint_dir(workdir)
+    return os.path.dirname(ckdir), ckdir
 
 
 def _abs_dir(path) -> str | None:
@@ -71,8 +52,7 @@ def export(workdir: str, out: str, *, step: int | None = None, overwrite: bool =
     Returns {"method", "step", "out", "workdir"}. Raises ValueError subclasses (one message) for bad input;
     nothing is written then.
     """
-    import jax
-
+    from hyperlora_jax.checkpoint import checkpoint_meta
     from hyperlora_jax.eval.systems import restore_trainable
     from hyperlora_jax.methods import get_method
     from hyperlora_jax.io.peft_io import prepare_out_dir
@@ -91,7 +71,7 @@ def export(workdir: str, out: str, *, step: int | None = None, overwrite: bool =
         prepare_out_dir(out, overwrite)
     except FileExistsError as e:
         raise ExportError(str(e)) from None
-    step, meta = _steps_and_meta(ckdir, step)
+    step, meta = checkpoint_meta(ckdir, step)
     method_name = meta.get("method")
     if method_name not in EXPORTABLE:
         raise ExportError(f"{ckdir}/{step} is a {method_name!r} run: only d2l and t2l runs have a hypernetwork to "
@@ -105,8 +85,7 @@ def export(workdir: str, out: str, *, step: int | None = None, overwrite: bool =
                           f"(generate_lora applies no reconstruction statistics)")
     mesh = make_mesh({"data": -1})
     method = get_method(method_name)(config, mesh)
-    params, step = restore_trainable(method, config, ckdir, step)
-    params = jax.device_get(params)
+    params, step = restore_trainable(method, ckdir, step)
     source = {"kind": "training workdir", "workdir": os.path.abspath(root), "step": step,
               "checkpoints": os.path.abspath(ckdir), "exporter": "hyperlora_jax.cli.export"}
     if method_name == "d2l":

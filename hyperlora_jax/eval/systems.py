@@ -55,61 +55,18 @@ def checkpoint_kind(path: str) -> tuple[str, str]:
                          f"converted D2L/T2L checkpoint (config.json with format hyperlora_jax.d2l / .t2l)")
 
 
-def train_checkpoint_dir(path: str) -> str:
-    """The Orbax directory of ``--checkpoint path``: ``path`` itself when it is a ``checkpoints/`` or
-    ``checkpoints_best/`` directory, else ``path/checkpoints``."""
-    path = os.path.abspath(path)
-    if os.path.basename(os.path.normpath(path)) in ("checkpoints", "checkpoints_best"):
-        return path
-    return os.path.join(path, "checkpoints")
+def restore_trainable(method, workdir: str, step: Optional[int] = None):
+    """(trainable params as host arrays, step) restored read-only from a training workdir (or its
+    ``checkpoints/`` / ``checkpoints_best/``) through :func:`hyperlora_jax.checkpoint.restore_params`, after the
+    fingerprint check against ``method``."""
+    from hyperlora_jax.checkpoint import restore_params, run_fingerprint
+    from hyperlora_jax.sharding import param_shardings
 
-
-def restore_trainable(method, config, workdir: str, step: Optional[int] = None):
-    """(trainable params, step) restored read-only from a training workdir (or its ``checkpoints/`` /
-    ``checkpoints_best/``), after the fingerprint check."""
-    import orbax.checkpoint as ocp
-
-    from hyperlora_jax.checkpoint import CheckpointLookupError, CheckpointMismatchError, step_and_meta
-    from hyperlora_jax.optim import make_optimizer
-    from hyperlora_jax.sharding import param_shardings, replicated
-    from hyperlora_jax.train import _fingerprint
-
-    ckdir = train_checkpoint_dir(workdir)
-    if not os.path.isdir(ckdir):
-        raise EvalSetupError(f"{workdir!r} has no checkpoints/ directory")
-    tx = make_optimizer(config, getattr(method, "decay_mask", None))
-
-    def init_state(rng):
-        params = method.init_trainable(rng)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "rng": rng}
-
-    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
-    mesh = method.mesh
-    sh = {"step": replicated(mesh), "params": param_shardings(abstract["params"], mesh),
-          "opt_state": param_shardings(abstract["opt_state"], mesh), "rng": replicated(mesh)}
-    target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sh)
-    fp = _fingerprint(method, abstract["params"])
-    mgr = ocp.CheckpointManager(ckdir, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
-                                item_names=("state", "data", "meta"))
-    try:
-        try:
-            step, meta = step_and_meta(mgr, ckdir, step)
-        except CheckpointLookupError as e:
-            raise EvalSetupError(str(e)) from None
-        diffs = [f"{k}: checkpoint has {meta.get(k)!r}, this config has {v!r}" for k, v in fp.items()
-                 if meta.get(k) != v]
-        diffs += [f"{k}: checkpoint has {meta[k]!r}, this config has none" for k in meta if k not in fp]
-        if diffs:
-            raise CheckpointMismatchError(f"the checkpoint {ckdir}/{step} is of a different model than the config: "
-                                          + "; ".join(diffs))
-        try:
-            state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-        except Exception as e:  # noqa: BLE001
-            raise EvalSetupError(f"cannot restore {ckdir}/{step}: {type(e).__name__}: "
-                                 f"{' '.join(str(e).split())[:200]}") from None
-    finally:
-        mgr.close()
-    return jax.device_get(state["params"]), int(step)
+    abstract = jax.eval_shape(method.init_trainable, jax.random.PRNGKey(0))
+    template = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                                      param_shardings(abstract, method.mesh))
+    params, step = restore_params(workdir, template, fingerprint=run_fingerprint(method, abstract), step=step)
+    return jax.device_get(params), step
 
 
 def _mesh(config):
@@ -144,8 +101,9 @@ def _trained_or_fresh(method, config, kind, checkpoint, step, label):
     """(params, method name, provenance) of a trainer plug-in: restored from a training checkpoint
     (``kind == "train"``) or freshly initialised and labelled as such."""
     if kind == "train":
-        params, st = restore_trainable(method, config, checkpoint, step)
-        return params, label, f"training checkpoint {train_checkpoint_dir(checkpoint)} step {st}"
+        from hyperlora_jax.checkpoint import checkpoint_dir
+        params, st = restore_trainable(method, checkpoint, step)
+        return params, label, f"training checkpoint {checkpoint_dir(checkpoint)} step {st}"
     params = jax.device_get(method.init_trainable(jax.random.PRNGKey(int(config.seed))))
     return params, f"{label} (random init)", RANDOM_INIT
 
