@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hf_tiny import copy_tokenizer, make_tiny
-from hyperlora_jax import cli, convert, generate, generate_lora, internalize, score
+from hyperlora_jax.cli import common as cli, convert, generate, generate_lora, internalize, score
 from hyperlora_jax.lora import Adapter
 from hyperlora_jax.io.peft_io import export_peft
 

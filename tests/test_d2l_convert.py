@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hyperlora_jax import convert
-from hyperlora_jax import internalize as cli
+from hyperlora_jax.cli import convert
+from hyperlora_jax.cli import internalize as cli
 from hyperlora_jax.d2l import checkpoint as d2l_ckpt
 from hyperlora_jax.d2l.checkpoint_map import config_from_state_dict, torch_to_flax
 from hyperlora_jax.model import forward

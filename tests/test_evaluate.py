@@ -18,7 +18,7 @@ import pytest
 
 from conftest import DATA
 from repo_configs import get_config
-from hyperlora_jax import evaluate
+from hyperlora_jax.cli import evaluate
 from hyperlora_jax.eval import metrics, records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -198,7 +198,7 @@ def test_qa_rows_and_cd_queries(tmp_path):
 
 
 def test_converted_official_d2l_checkpoint(tmp_path, capsys):
-    from hyperlora_jax import convert
+    from hyperlora_jax.cli import convert
     d2l_dir = DATA + "/d2l"
     dst = str(tmp_path / "d2l_conv")
     assert convert.main(["d2l", os.path.join(d2l_dir, "run_per_layer_activations", "checkpoint-1"), dst]) == 0
@@ -219,7 +219,7 @@ def test_converted_official_d2l_checkpoint(tmp_path, capsys):
 # ============================================================================================ T2L benchmark
 @pytest.fixture(scope="module")
 def t2l_converted(tmp_path_factory):
-    from hyperlora_jax import convert
+    from hyperlora_jax.cli import convert
     dst = str(tmp_path_factory.mktemp("t2l") / "t2l_L")
     assert convert.main(["t2l", os.path.join(DATA, "t2l", "run_L"), dst]) == 0
     return dst

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from repo_configs import get_config
-from hyperlora_jax import cli, export, generate, generate_lora, internalize, train
+from hyperlora_jax import train
+from hyperlora_jax.cli import common as cli, export, generate, generate_lora, internalize
 from hyperlora_jax.io.peft_io import import_peft
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from gguf_writer import ARRAY, STRING, U32, f32, gguf_bytes, permute_rope_rows
-from hyperlora_jax import convert
+from hyperlora_jax.cli import convert
 from hyperlora_jax.io.gguf import GGUFError, GGUFFile, dequantize
 from hyperlora_jax.io.gguf_to_hf import byte_alphabet, unpermute_rope_rows
 from hyperlora_jax.packaged import MissingPackageError, smollm2_gguf

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import DATA
-from hyperlora_jax import safetensors_io
-from hyperlora_jax import torch_pickle as tp
+from hyperlora_jax.io import safetensors_io
+from hyperlora_jax.io import torch_pickle as tp
 from hyperlora_jax.io import safe_yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,7 +99,7 @@ def _limited_load(path, *extra) -> tuple[subprocess.CompletedProcess, float]:
     script = textwrap.dedent(f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, ({AS_LIMIT}, {AS_LIMIT}))
-        from hyperlora_jax import torch_pickle
+        from hyperlora_jax.io import torch_pickle
         try:
             torch_pickle.load(sys.argv[1])
         except torch_pickle.TorchCheckpointError as e:
@@ -485,7 +485,8 @@ def test_cli_overwrite_never_destroys_its_input(tmp_path):
 
 _SLOW_DRIVER = """
 import sys, time
-from hyperlora_jax import convert, safetensors_io
+from hyperlora_jax.cli import convert
+from hyperlora_jax.io import safetensors_io
 _save = safetensors_io.save_file
 def slow_save(tensors, path, metadata=None):   # the conversion stalls with its temp dir half-written
     _save(tensors, path, metadata)
@@ -533,7 +534,7 @@ def test_signal_mid_conversion_leaves_no_temp_dir(tmp_path, sig, overwrite):
 
 def test_atomic_write_dir_puts_the_old_directory_back(tmp_path, monkeypatch):
     """A failure after the old DST was moved aside (here: the final rename) restores it; nothing is left over."""
-    from hyperlora_jax import peft_io
+    from hyperlora_jax.io import peft_io
 
     dst = tmp_path / "d"
     dst.mkdir()

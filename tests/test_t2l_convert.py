@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import DATA
-from hyperlora_jax import convert, safetensors_io
+from hyperlora_jax.cli import convert
+from hyperlora_jax.io import safetensors_io
 from hyperlora_jax.t2l import checkpoint as ckpt
 from hyperlora_jax.t2l import hypernet as hn
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA
-from hyperlora_jax import torch_pickle as tp
+from hyperlora_jax.io import torch_pickle as tp
 
 torch = pytest.importorskip("torch")
 
