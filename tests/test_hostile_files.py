@@ -534,7 +534,7 @@ def test_signal_mid_conversion_leaves_no_temp_dir(tmp_path, sig, overwrite):
 
 def test_atomic_write_dir_puts_the_old_directory_back(tmp_path, monkeypatch):
     """A failure after the old DST was moved aside (here: the final rename) restores it; nothing is left over."""
-    from hyperlora_jax.io import peft_io
+    from hyperlora_jax.io import atomic
 
     dst = tmp_path / "d"
     dst.mkdir()
@@ -547,7 +547,7 @@ def test_atomic_write_dir_puts_the_old_directory_back(tmp_path, monkeypatch):
             raise OSError("disk full")
         real_rename(a, b)
 
-    monkeypatch.setattr(peft_io.os, "rename", failing_rename)
+    monkeypatch.setattr(atomic.os, "rename", failing_rename)
     with pytest.raises(OSError, match="disk full"):
-        peft_io.atomic_write_dir(str(dst), lambda tmp: open(os.path.join(tmp, "new.txt"), "w").close(), True)
+        atomic.atomic_write_dir(str(dst), lambda tmp: open(os.path.join(tmp, "new.txt"), "w").close(), True)
     assert len(calls) == 3 and os.listdir(dst) == ["old.txt"] and _leftovers(tmp_path) == []

@@ -55,7 +55,7 @@ def export(workdir: str, out: str, *, step: int | None = None, overwrite: bool =
     from hyperlora_jax.checkpoint import checkpoint_meta
     from hyperlora_jax.eval.systems import restore_trainable
     from hyperlora_jax.methods import get_method
-    from hyperlora_jax.io.peft_io import prepare_out_dir
+    from hyperlora_jax.io.atomic import prepare_out_dir
     from hyperlora_jax.run_config import load_run_config
     from hyperlora_jax.sharding import make_mesh
 

@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from typing import Sequence
 
@@ -107,36 +106,30 @@ def write_peft_dirs(adapter, out: str, *, base_model_dir: str | None, metadata: 
     One row: ``out`` is the PEFT directory; several: ``out/0``, ``out/1``, .... ``metadata[i]`` goes under the
     ``hyperlora_jax`` key of row i's adapter_config.json. The base model's config.json is copied into each.
     """
-    from hyperlora_jax.io.peft_io import export_peft
+    from hyperlora_jax.io.atomic import atomic_write_dir
+    from hyperlora_jax.io.peft_io import write_peft_files
 
     n = adapter.batch_size
     if len(metadata) != n:
         raise ValueError(f"{len(metadata)} metadata entries for {n} adapters")
     check_out_dir(out, overwrite)
     out = os.path.abspath(out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.tmp-")
-    old = None
-    try:
-        root = os.path.join(stage, "out")
-        names = [root] if n == 1 else [os.path.join(root, str(i)) for i in range(n)]
-        for i, d in enumerate(names):
-            export_peft(adapter, d, row=i, base_model=base_model_dir, metadata=metadata[i])
+    rows = [""] if n == 1 else [str(i) for i in range(n)]
+
+    def write(tmp):
+        for i, name in enumerate(rows):
+            d = os.path.join(tmp, name) if name else tmp
+            os.makedirs(d, exist_ok=True)
+            write_peft_files(adapter, d, row=i, base_model=base_model_dir, metadata=metadata[i])
             if base_model_dir:
                 shutil.copyfile(os.path.join(base_model_dir, BASE_CONFIG), os.path.join(d, BASE_CONFIG))
-        if os.path.isdir(out):
-            check_out_dir(out, overwrite)  # may have been filled meanwhile
-            old = os.path.join(stage, "old")
-            os.rename(out, old)
-        os.rename(root, out)
-        return [out] if n == 1 else [os.path.join(out, str(i)) for i in range(n)]
-    except BaseException:
-        if old is not None and not os.path.exists(out):
-            os.rename(old, out)  # put the previous contents back
+
+    try:
+        atomic_write_dir(out, write, overwrite)
+    except FileExistsError:  # filled meanwhile
+        check_out_dir(out, overwrite)
         raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    return [os.path.join(out, name) if name else out for name in rows]
 
 
 def generate_lora(t2l_dir: str, descriptions: Sequence[str], out: str, *, encoder: str | None = None,

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args) -> str:
     from hyperlora_jax.d2l.api import DocToLoRA
-    from hyperlora_jax.io.peft_io import export_peft, prepare_out_dir
+    from hyperlora_jax.io.atomic import prepare_out_dir
+    from hyperlora_jax.io.peft_io import export_peft
 
     try:  # cheap checks first: nothing is loaded or written for a bad --out or document
         cli.check_out_vs_sources(args.out, [("D2L checkpoint", args.d2l), ("document", args.document),

@@ -9,7 +9,7 @@ Reference checkpoint (spec D2L.md section 15; golden README 5.4):
                                   (``!!python/object/apply:`` enum tags yield their value). Used for the chunk length
                                   (``max_ctx_chunk_len``; -1 = unset).
 
-Project format (a directory, written atomically: temp sibling directory renamed into place):
+Project format (a :mod:`hyperlora_jax.io.param_dir` directory, written atomically):
   config.json         {"format": "hyperlora_jax.d2l", "format_version": 1,
                        "hypernet": D2LHypernetConfig fields (perceiver nested),
                        "base_model": base-model path or name, "ctx_encoder_type", "layer_idx" (early_exit; null for
@@ -22,25 +22,20 @@ Project format (a directory, written atomically: temp sibling directory renamed 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Mapping, Optional
 
-import jax.numpy as jnp
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
+from flax.traverse_util import flatten_dict
 
-from hyperlora_jax.io import safetensors_io, torch_pickle
+from hyperlora_jax.io import torch_pickle
 from hyperlora_jax.d2l.checkpoint_map import config_from_state_dict, expected_torch_shapes, torch_to_flax
 from hyperlora_jax.d2l.hypernet import D2LHypernetConfig, init_params
-from hyperlora_jax.io.format_json import read_format_json
 from hyperlora_jax.d2l.perceiver import PerceiverConfig
-from hyperlora_jax.io.peft_io import atomic_write_dir
+from hyperlora_jax.io.param_dir import CONFIG_FILE, PARAMS_FILE, check_param_shapes, load_param_dir, save_param_dir
 
 FORMAT = "hyperlora_jax.d2l"
 FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-PARAMS_FILE = "params.safetensors"
 TORCH_FILE = "pytorch_model.bin"
 
 
@@ -84,21 +79,11 @@ def _flat_shapes(cfg: D2LHypernetConfig) -> dict:
     return {"/".join(k): tuple(v.shape) for k, v in flatten_dict(tree).items()}
 
 
-def _check_flat(flat: Mapping[str, np.ndarray], shapes: Mapping[str, tuple], where: str):
-    problems = [f"missing {k} {list(s)}" for k, s in shapes.items() if k not in flat]
-    problems += [f"unexpected {k}" for k in flat if k not in shapes]
-    problems += [f"{k}: shape {list(np.shape(v))}, expected {list(shapes[k])}" for k, v in flat.items()
-                 if k in shapes and tuple(np.shape(v)) != tuple(shapes[k])]
-    if problems:
-        raise D2LCheckpointError(f"{where} does not match its config: " + "; ".join(sorted(problems)))
-
-
 # --------------------------------------------------------------------------------------------------- project format
 def save(dst: str, params, cfg: D2LHypernetConfig, meta: D2LMeta, *, overwrite: bool = False) -> str:
-    """Writes ``dst/config.json`` + ``dst/params.safetensors`` atomically. A non-empty ``dst`` is refused unless
-    ``overwrite``."""
-    flat = {"/".join(k): np.asarray(v, np.float32) for k, v in flatten_dict(dict(params)).items()}
-    _check_flat(flat, _flat_shapes(cfg), "params")
+    """Writes ``dst/config.json`` + ``dst/params.safetensors`` atomically (:mod:`hyperlora_jax.io.param_dir`). A
+    non-empty ``dst`` is refused unless ``overwrite``."""
+    check_param_shapes(params, _flat_shapes(cfg), "params", D2LCheckpointError)
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "hypernet": config_to_dict(cfg),
         "base_model": meta.base_model, "ctx_encoder_type": cfg.ctx_encoder_type,
@@ -107,33 +92,17 @@ def save(dst: str, params, cfg: D2LHypernetConfig, meta: D2LMeta, *, overwrite: 
         "lora_alpha_convention": "applied directly: y = W x + lora_alpha * (x A^T) B",
         "target_modules": list(cfg.target_modules), "ctx_affixes": meta.ctx_affixes, "source": dict(meta.source),
     }
-
-    def write(tmp):
-        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2)
-            f.write("\n")
-        safetensors_io.save_file(flat, os.path.join(tmp, PARAMS_FILE), metadata={"format": FORMAT})
-
-    try:
-        atomic_write_dir(dst, write, overwrite)
-    except FileExistsError as e:
-        raise D2LCheckpointError(str(e)) from None
-    return dst
+    return save_param_dir(dst, config, params, overwrite, error=D2LCheckpointError)
 
 
 def load(path: str) -> tuple[dict, D2LHypernetConfig, D2LMeta]:
     """Reads a directory written by :func:`save`: (params, hypernet config, meta)."""
-    config = read_format_json(
-        os.path.join(path, CONFIG_FILE), FORMAT, FORMAT_VERSION, D2LCheckpointError,
+    config, params = load_param_dir(
+        path, FORMAT, FORMAT_VERSION, error=D2LCheckpointError,
         missing=f"{path!r} has no {CONFIG_FILE}; not a hyperlora_jax D2L checkpoint (convert a reference checkpoint "
                 f"with `python -m hyperlora_jax.cli.convert d2l`)")
     cfg = config_from_dict(config["hypernet"])
-    try:
-        flat = safetensors_io.load_file(os.path.join(path, PARAMS_FILE))
-    except (safetensors_io.SafetensorsError, OSError) as e:
-        raise D2LCheckpointError(f"{path}: cannot read {PARAMS_FILE}: {e}") from None
-    _check_flat(flat, _flat_shapes(cfg), os.path.join(path, PARAMS_FILE))
-    params = unflatten_dict({tuple(k.split("/")): jnp.asarray(v, jnp.float32) for k, v in flat.items()})
+    check_param_shapes(params, _flat_shapes(cfg), os.path.join(path, PARAMS_FILE), D2LCheckpointError)
     meta = D2LMeta(base_model=config.get("base_model"), ctx_encoder_type=cfg.ctx_encoder_type,
                    layer_idx=config.get("layer_idx"), chunk_tokens=config.get("chunk_tokens"),
                    ctx_affixes=config.get("ctx_affixes"), source=config.get("source") or {})

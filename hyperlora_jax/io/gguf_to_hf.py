@@ -271,7 +271,7 @@ def tokenizer_config(g: GGUFFile, cfg: dict) -> dict:
 # ------------------------------------------------------------------------------------------------ convert
 def convert(src: str, dst: str, dtype: str = "float32", overwrite: bool = False) -> str:
     """Converts ``src`` (.gguf) into the HF directory ``dst`` (written atomically); returns a one-line summary."""
-    from hyperlora_jax.io.peft_io import atomic_write_dir
+    from hyperlora_jax.io.atomic import atomic_write_dir
     from hyperlora_jax.io.safetensors_io import save_file
 
     if dtype not in DTYPES:

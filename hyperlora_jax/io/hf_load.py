@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
 from typing import Any, Callable, Iterable
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 
 from hyperlora_jax.config import ModelConfig
 from hyperlora_jax.model import init_params
+from hyperlora_jax.io.atomic import atomic_write_dir
 from hyperlora_jax.io.safetensors_io import SafetensorsError, SafetensorsFile, save_file
 
 
@@ -177,21 +177,17 @@ def params_to_hf(params, cfg: ModelConfig) -> dict[str, np.ndarray]:
 
 def save_pretrained(params, hf_config: dict[str, Any], out_dir: str,
                     extra_files: Iterable[tuple[str, Callable[[str], None]]] = ()):
-    """Writes ``config.json`` + ``model.safetensors`` (+ extra files written by callables) atomically:
-    everything goes to a temporary sibling directory that is renamed to ``out_dir`` (which must not exist)."""
+    """Writes ``config.json`` + ``model.safetensors`` (+ extra files written by callables) atomically
+    (:func:`hyperlora_jax.io.atomic.atomic_write_dir`); an existing non-empty ``out_dir`` is refused
+    (FileExistsError)."""
     cfg = ModelConfig.from_hf_dict(hf_config)
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-model-")
-    try:
+
+    def write(tmp):
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(hf_config, f, indent=2)
         save_file({k: np.ascontiguousarray(v) for k, v in params_to_hf(params, cfg).items()},
                   os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         for _, writer in extra_files:
             writer(tmp)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        import shutil
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_write_dir(out_dir, write)

@@ -11,8 +11,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +18,7 @@ import numpy as np
 
 from hyperlora_jax.config import ModelConfig
 from hyperlora_jax.lora import ATTN_MODULES, LORA_MODULES, Adapter, check_adapter
+from hyperlora_jax.io.atomic import atomic_write_dir
 from hyperlora_jax.io.safetensors_io import SafetensorsError, load_file, save_file
 
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
@@ -32,42 +31,6 @@ class AdapterError(ValueError):
 
 def _block(module: str) -> str:
     return "self_attn" if module in ATTN_MODULES else "mlp"
-
-
-def prepare_out_dir(out_dir: str, overwrite: bool) -> None:
-    """Refuses an existing non-empty ``out_dir`` unless ``overwrite``."""
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
-        raise FileExistsError(f"output directory {out_dir!r} exists and is not empty (pass --overwrite to replace it)")
-
-
-def atomic_write_dir(out_dir: str, write, overwrite: bool = False) -> None:
-    """Calls ``write(tmp_dir)`` on a fresh sibling temp dir ``.tmp-<name>-*``, then renames it to ``out_dir``.
-
-    A non-empty ``out_dir`` is refused unless ``overwrite``; then it is renamed aside (``.old-<name>-*``) and removed
-    only once the new directory is in place. On any failure, including KeyboardInterrupt or a signal raised as an
-    exception, the temp dir is removed and the old directory put back: ``out_dir`` is never half-written.
-    """
-    prepare_out_dir(out_dir, overwrite)
-    out_dir = os.path.abspath(out_dir)
-    parent, base = os.path.split(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp, old = None, None
-    try:
-        tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{base}-")
-        write(tmp)
-        if os.path.lexists(out_dir):
-            prepare_out_dir(out_dir, overwrite)  # it may have appeared meanwhile
-            old = tempfile.mkdtemp(dir=parent, prefix=f".old-{base}-")
-            os.rename(out_dir, os.path.join(old, "d"))
-        os.rename(tmp, out_dir)
-        tmp = None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            if not os.path.lexists(out_dir) and os.path.lexists(os.path.join(old, "d")):
-                os.rename(os.path.join(old, "d"), out_dir)
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def adapter_tensors(adapter: Adapter, row: int = 0) -> dict[str, np.ndarray]:
@@ -96,19 +59,26 @@ def peft_config(adapter: Adapter, row: int, base_model: str | None, extra: dict 
     return cfg
 
 
+def _write_files(out_dir: str, tensors: dict, config: dict) -> None:
+    with open(os.path.join(out_dir, CONFIG_NAME), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    save_file(tensors, os.path.join(out_dir, WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+def write_peft_files(adapter: Adapter, out_dir: str, *, row: int = 0, base_model: str | None = None,
+                     metadata: dict | None = None) -> None:
+    """Writes batch row ``row`` of ``adapter`` as the two PEFT files into the existing directory ``out_dir`` (not
+    atomic by itself: :func:`export_peft`, or a caller's ``atomic_write_dir``, makes the directory appear whole).
+    ``metadata`` is recorded under the ``hyperlora_jax`` key of adapter_config.json (e.g. which hypernetwork and
+    scale convention made it)."""
+    _write_files(out_dir, adapter_tensors(adapter, row), peft_config(adapter, row, base_model, metadata))
+
+
 def export_peft(adapter: Adapter, out_dir: str, *, row: int = 0, base_model: str | None = None,
                 metadata: dict | None = None, overwrite: bool = False) -> str:
-    """Writes batch row ``row`` of ``adapter`` as a PEFT directory (atomically). ``metadata`` is recorded under
-    the ``hyperlora_jax`` key of adapter_config.json (e.g. which hypernetwork and scale convention made it)."""
-    tensors = adapter_tensors(adapter, row)
-    config = peft_config(adapter, row, base_model, metadata)
-
-    def write(tmp):
-        with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-        save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
-
-    atomic_write_dir(out_dir, write, overwrite)
+    """Writes batch row ``row`` of ``adapter`` as a PEFT directory, atomically (files: :func:`write_peft_files`)."""
+    tensors, config = adapter_tensors(adapter, row), peft_config(adapter, row, base_model, metadata)
+    atomic_write_dir(out_dir, lambda tmp: _write_files(tmp, tensors, config), overwrite)
     return out_dir
 
 

@@ -20,7 +20,8 @@ Project format (a directory):
                         ("rslora" | "alpha_over_r"; written by ``export``; absent = "rslora", the reference's),
                         "encoder_pooling", "system_turn"}
   params.safetensors   float32 parameters, keys = flattened Flax param paths joined with '/'.
-Written into a temporary sibling directory that is renamed into place (never half-written).
+Written through :mod:`hyperlora_jax.io.param_dir` (a temporary sibling directory renamed into place: never
+half-written).
 """
 from __future__ import annotations
 
@@ -32,16 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from hyperlora_jax.io import safetensors_io, torch_pickle
-from hyperlora_jax.io.format_json import read_format_json
+from hyperlora_jax.io import torch_pickle
 from hyperlora_jax.io.safe_yaml import load_yaml
-from hyperlora_jax.io.peft_io import atomic_write_dir
+from hyperlora_jax.io.param_dir import CONFIG_FILE, PARAMS_FILE, check_param_shapes, load_param_dir, save_param_dir
 from hyperlora_jax.t2l.hypernet import T2LConfig, param_shapes
 
 FORMAT = "hyperlora_jax.t2l"
 FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-PARAMS_FILE = "params.safetensors"
 
 # Reference state-dict buffers that carry no trainable weight in SFT checkpoints.
 _BUFFER_PREFIXES = ("AB_offset.", "mean_recon_target.", "std_recon_target.")
@@ -257,23 +255,12 @@ def import_run(run_dir: str, *, module_order: Sequence[str] | None = None,
 
 
 # --------------------------------------------------------------------------------------------------- own format
-def _dir_nonempty(path: str) -> bool:
-    return os.path.isdir(path) and bool(os.listdir(path))
-
-
 def save(dst: str, params, cfg: T2LConfig, meta: Mapping[str, Any] | None = None, *, overwrite: bool = False):
-    """Writes ``dst/config.json`` + ``dst/params.safetensors`` atomically (temp sibling directory, then rename).
+    """Writes ``dst/config.json`` + ``dst/params.safetensors`` atomically (:mod:`hyperlora_jax.io.param_dir`).
 
     An existing non-empty ``dst`` is refused unless ``overwrite``; an existing file at ``dst`` is always refused.
     """
-    dst = os.path.abspath(dst)
-    if os.path.exists(dst) and not os.path.isdir(dst):
-        raise ValueError(f"{dst} exists and is not a directory")
-    if _dir_nonempty(dst) and not overwrite:
-        raise ValueError(f"{dst} exists and is not empty (use overwrite)")
-    shapes = _flat_shapes(cfg)
-    flat = {"/".join(k): np.asarray(v, np.float32) for k, v in flatten_dict(dict(params)).items()}
-    _check_flat(flat, shapes, "params")
+    check_param_shapes(params, _flat_shapes(cfg), "params")
     meta = dict(meta or {})
     if meta.get("lora_scale") is not None:
         cfg.scale(meta["lora_scale"])  # validates the convention's name
@@ -286,36 +273,15 @@ def save(dst: str, params, cfg: T2LConfig, meta: Mapping[str, Any] | None = None
     for k in ("lora_alpha", "r", "target_modules"):
         meta.pop(k, None)
     config.update(meta)
-
-    def write(tmp):
-        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2, sort_keys=False)
-            f.write("\n")
-        safetensors_io.save_file(flat, os.path.join(tmp, PARAMS_FILE), metadata={"format": FORMAT})
-
-    try:
-        atomic_write_dir(dst, write, overwrite)
-    except FileExistsError as e:
-        raise ValueError(str(e)) from None
-
-
-def _check_flat(flat: Mapping[str, np.ndarray], shapes: Mapping[str, tuple], what: str):
-    problems = [f"missing {k} {v}" for k, v in shapes.items() if k not in flat]
-    problems += [f"unexpected {k}" for k in flat if k not in shapes]
-    problems += [f"{k}: shape {tuple(flat[k].shape)}, expected {shapes[k]}" for k in flat
-                 if k in shapes and tuple(flat[k].shape) != shapes[k]]
-    if problems:
-        raise ValueError(f"{what} do not fit the T2L config: " + "; ".join(problems))
+    save_param_dir(os.path.abspath(dst), config, params, overwrite)
 
 
 def load(path: str) -> tuple[dict, T2LConfig, dict]:
     """Reads a directory written by :func:`save`: returns (params, cfg, config dict)."""
-    config = read_format_json(os.path.join(path, CONFIG_FILE), FORMAT, FORMAT_VERSION,
-                              missing=f"{path}: no {CONFIG_FILE}; not a hyperlora_jax T2L checkpoint")
+    config, params = load_param_dir(path, FORMAT, FORMAT_VERSION,
+                                    missing=f"{path}: no {CONFIG_FILE}; not a hyperlora_jax T2L checkpoint")
     cfg = T2LConfig.from_dict(config["hypernet"])
     if config.get("lora_scale") is not None:
         cfg.scale(config["lora_scale"])  # an unknown recorded convention is an error, not a silent default
-    flat = safetensors_io.load_file(os.path.join(path, PARAMS_FILE))
-    _check_flat(flat, _flat_shapes(cfg), os.path.join(path, PARAMS_FILE))
-    params = unflatten_dict({tuple(k.split("/")): jnp.asarray(v, jnp.float32) for k, v in flat.items()})
+    check_param_shapes(params, _flat_shapes(cfg), os.path.join(path, PARAMS_FILE))
     return params, cfg, config
