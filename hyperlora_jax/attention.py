@@ -13,7 +13,8 @@ what the kernel needs to mask — dense masks or segment ids) and ``attend`` (pe
 |           |                        |                                             | soft-cap (ConfigError)          |
 | splash    | TPU (elsewhere: Pallas | Pallas splash attention: the MQA kernel per | causal / window as block-sparse |
 |           | interpret mode, slow)  | KV head, vmapped over KV heads and batch,   | CausalMask / LocalMask, segment |
-|           |                        | shard_map over the batch on several devices | ids, logit soft-cap, GQA        |
+|           |                        | shard_map over the batch (and KV heads under| ids, logit soft-cap, GQA        |
+|           |                        | an active mesh) on several devices          |                                 |
 | auto      | GPU: cudnn where it applies (bf16/fp16, no soft-cap, even lengths), TPU: splash where T, S are       |
 |           | multiples of 128 (and the batch divides over the devices), otherwise xla                              |
 
@@ -30,7 +31,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
 
+from hyperlora_jax import sharding
 from hyperlora_jax.config import ModelConfig
 
 _NEG = -1e30  # added to masked attention logits (finite, so fully masked padding rows stay NaN-free)
@@ -72,9 +75,13 @@ def _splash_problem(q_len: int, kv_len: int, batch: int) -> str | None:
     if q_len % SPLASH_BLOCKS[-1] or kv_len % SPLASH_BLOCKS[-1]:
         return (f"splash attention needs sequence lengths that are multiples of {SPLASH_BLOCKS[-1]}, got "
                 f"{q_len} queries, {kv_len} keys (pad the batch)")
-    n = jax.device_count()
+    mesh = sharding.active_mesh()
+    if mesh is None:
+        n, over = jax.device_count(), "devices"
+    else:
+        n, over = sharding.axes_size(mesh, sharding.LOGICAL_RULES["batch"]), "batch mesh axes"
     if n > 1 and batch % n:
-        return f"splash attention shards the batch over the {n} devices: batch {batch} is not a multiple"
+        return f"splash attention shards the batch over the {n} {over}: batch {batch} is not a multiple"
     return None
 
 
@@ -184,11 +191,17 @@ def splash_attention(cfg: ModelConfig, q, k, v, q_seg, k_seg, is_sliding):
     def run(window):
         per_head = jax.vmap(kernel(window), in_axes=(0, 0, 0, None))  # over KV heads
         f = jax.vmap(per_head, in_axes=(0, 0, 0, sk.SegmentIds(0, 0)))  # over the batch
-        n = jax.device_count()
-        if n > 1:  # Mosaic kernels are not auto-partitioned: each device runs its share of the batch
-            from jax.sharding import Mesh, PartitionSpec as P
-            mesh = Mesh(np.array(jax.devices()), ("batch",))
-            f = jax.shard_map(f, mesh=mesh, in_specs=P("batch"), out_specs=P("batch"), check_vma=False)
+        mesh = sharding.active_mesh()
+        # Mosaic kernels are not auto-partitioned: each device runs its share of the batch (and, under an active
+        # mesh, of the KV heads: the logical axes (batch, kv_heads) of the rules table)
+        if mesh is not None:
+            spec = sharding.logical_to_spec(("batch", "kv_heads"), (b, nkv), mesh)
+            rows = P(spec[0])
+            f = jax.shard_map(f, in_specs=(spec, spec, spec, sk.SegmentIds(rows, rows)), out_specs=spec,
+                              check_vma=False)
+        elif jax.device_count() > 1:
+            devices = Mesh(np.array(jax.devices()), ("batch",))
+            f = jax.shard_map(f, mesh=devices, in_specs=P("batch"), out_specs=P("batch"), check_vma=False)
         return f(qh, kh, vh, ids)  # [B, nkv, g, T, hd]
 
     layer_kinds = set(cfg.sliding_layers) if cfg.sliding_window is not None else {False}

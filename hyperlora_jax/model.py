@@ -18,7 +18,9 @@ Inputs are token ids [B, T] with ``positions`` [B, T] and ``segment_ids`` [B, T]
 earlier-or-equal positions of its own segment, so left-padded, right-padded and packed batches all work. The
 attention kernel (dense XLA, cuDNN, Pallas splash) is ``cfg.attention``; see ``attention.py``. LoRA adapters
 enter as data (``lora.Adapter``, one per batch row). A KV cache (``KVCache``) turns the same forward into prefill and
-decode steps.
+decode steps. Under an active mesh (``sharding.with_mesh``) the hidden states after the embedding and after every
+block, the adapter and the logits are constrained to their logical axes (``HIDDEN_AXES``, ``adapter_axes``,
+(batch, seq, vocab)); without one the constraints are no-ops.
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ import numpy as np
 from hyperlora_jax import attention
 from hyperlora_jax.config import ModelConfig, rope_inv_freq
 from hyperlora_jax.lora import Adapter, check_adapter, lora_delta
+from hyperlora_jax.sharding import adapter_axes, constrain
+
+HIDDEN_AXES = ("batch", "seq", "embed")  # logical axes of the hidden states [B, T, H] (see sharding.py)
 
 UNROLL_MAX_LAYERS = 8  # layer scans of at most this many layers are fully unrolled (see Decoder)
 attention_masks = attention.attention_masks  # the dense [B, T, S] masks (re-exported)
@@ -189,7 +194,7 @@ class DecoderLayer(nn.Module):
             h = h + attn_out
             h = h + MLP(cfg, self.dtype, name="mlp")(norm(name="post_attention_layernorm")(h), lora)
         ys = {"cache": new_kv, "hidden": layer_input if self.return_hidden else None}
-        return h, ys
+        return constrain(h, HIDDEN_AXES), ys
 
 
 # ----- the whole model --------------------------------------------------------------------------------------
@@ -223,6 +228,7 @@ class Decoder(nn.Module):
                 x = x * jnp.asarray(cfg.hidden_size ** 0.5, self.dtype)
         else:
             x = embeddings.astype(self.dtype)
+        x = constrain(x, HIDDEN_AXES)
         b, t = x.shape[:2]
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
@@ -233,7 +239,8 @@ class Decoder(nn.Module):
         xs: dict[str, Any] = {"sliding": jnp.asarray(np.array(cfg.sliding_layers)), "lora": None}
         if adapter is not None:
             check_adapter(adapter, cfg.projection_shapes(), cfg.num_layers, b)
-            xs["lora"] = {"A": dict(adapter.A), "B": dict(adapter.B)}
+            axes = adapter_axes(adapter.A)
+            xs["lora"] = {"A": constrain(dict(adapter.A), axes.A), "B": constrain(dict(adapter.B), axes.B)}
             shared["lora_scale"] = adapter.scale
         if cache is not None:
             k_pos = jax.lax.dynamic_update_slice(cache.positions, positions, (0, cache.index))
@@ -266,6 +273,7 @@ class Decoder(nn.Module):
         logits = logits.astype(jnp.float32)
         if cfg.final_logit_softcap:
             logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
+        logits = constrain(logits, ("batch", "seq", "vocab"))
         out = {"logits": logits, "final_hidden": h}
         if cache is not None:
             k, v = ys["cache"]

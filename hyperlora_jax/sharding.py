@@ -1,22 +1,35 @@
 """Device meshes and shardings from one logical-axis rules table.
 
 Parallelism is configured, not coded: the mesh has the axes ``data``, ``fsdp`` and ``tensor`` (sizes from the config,
-one of them may be -1 = the rest), and every array is described by *logical* axes (``batch``, ``embed``, ``mlp``,
-``heads``, ``vocab``, ``layers``, ...) that ``LOGICAL_RULES`` maps to mesh axes. A logical axis whose mesh axes do not
-divide the dimension is left unsharded, so small tensors (norms, tiny test models) never fail to place.
+one of them may be -1 = the rest), and every array — parameter, activation or generated adapter — is described by
+*logical* axes that ``LOGICAL_RULES`` maps to mesh axes:
+
+  batch -> (data, fsdp)    embed -> fsdp    mlp, heads, kv_heads, vocab -> tensor
+  seq, layers, rank, norm -> replicated
+
+A logical axis takes the longest prefix of its mesh axes whose product divides the dimension and that no earlier
+dimension of the same array already uses, so small tensors (norms, tiny test models) never fail to place. An
+activation [batch, seq, embed] therefore shards its batch over (data, fsdp) and keeps embed whole (fsdp is taken),
+while a weight [embed, mlp] shards embed over fsdp and mlp over tensor.
 
 Parameters get logical axes from ``PARAM_RULES``: (regex on the '/'-joined path, logical axes of the trailing dims).
 Trainable trees without a matching rule fall back to FSDP on their largest divisible dimension.
+Activations and adapters are pinned with ``constrain(x, logical_axes)`` inside the model code; it is a
+``with_sharding_constraint`` while a mesh of more than one device is active (``with_mesh(mesh)``, i.e.
+``jax.set_mesh``) and a no-op otherwise. ``adapter_axes`` gives an ``Adapter``'s logical axes.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from hyperlora_jax.lora import ATTN_MODULES, Adapter
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -33,15 +46,22 @@ LOGICAL_RULES: dict[str, tuple[str, ...]] = {
     "norm": (),
 }
 
+# logical axes (d_in, d_out) of each projection: its kernel [d_in, d_out] and the last dim of its LoRA A / B
+PROJECTION_AXES: dict[str, tuple[str, str]] = {
+    "q_proj": ("embed", "heads"),
+    "k_proj": ("embed", "kv_heads"),
+    "v_proj": ("embed", "kv_heads"),
+    "o_proj": ("heads", "embed"),
+    "gate_proj": ("embed", "mlp"),
+    "up_proj": ("embed", "mlp"),
+    "down_proj": ("mlp", "embed"),
+}
+
 # (regex on the parameter path, logical axes of the last dims). Stacked layer params get "layers" in front.
 PARAM_RULES: list[tuple[str, tuple[str, ...]]] = [
     (r"embed_tokens/embedding$", ("vocab", "embed")),
     (r"lm_head/kernel$", ("embed", "vocab")),
-    (r"self_attn/(q_proj)/kernel$", ("embed", "heads")),
-    (r"self_attn/(k_proj|v_proj)/kernel$", ("embed", "kv_heads")),
-    (r"self_attn/o_proj/kernel$", ("heads", "embed")),
-    (r"mlp/(gate_proj|up_proj)/kernel$", ("embed", "mlp")),
-    (r"mlp/down_proj/kernel$", ("mlp", "embed")),
+    *[(rf"{'self_attn' if m in ATTN_MODULES else 'mlp'}/{m}/kernel$", axes) for m, axes in PROJECTION_AXES.items()],
     (r"(norm|layernorm)[^/]*/scale$", ("norm",)),
 ]
 
@@ -75,18 +95,26 @@ def make_mesh(spec: Mapping[str, int], devices: Sequence[Any] | None = None) -> 
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
-def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> P:
-    """PartitionSpec for an array of ``shape`` whose dims have the given logical names (None = replicated)."""
+def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int], mesh) -> P:
+    """PartitionSpec for an array of ``shape`` whose dims have the given logical names (None = replicated).
+
+    Each dim takes the longest prefix of its rule's mesh axes (those of ``mesh`` with size > 1, not used by an
+    earlier dim) whose product divides it. ``mesh``: a Mesh or AbstractMesh; axes it lacks count as size 1.
+    Every name must be a key of ``LOGICAL_RULES`` (ValueError otherwise)."""
+    if len(logical) != len(shape):
+        raise ValueError(f"logical axes {tuple(logical)} do not match an array of shape {tuple(shape)}")
+    unknown = [n for n in logical if n is not None and n not in LOGICAL_RULES]
+    if unknown:
+        raise ValueError(f"unknown logical axes {unknown} (known: {', '.join(LOGICAL_RULES)})")
+    sizes = dict(mesh.shape)
     used: set[str] = set()
     out = []
     for name, dim in zip(logical, shape):
-        axes = tuple(a for a in LOGICAL_RULES.get(name, ()) if a not in used and mesh.shape[a] > 1) if name else ()
-        size = math.prod(mesh.shape[a] for a in axes)
-        if axes and dim % size == 0:
-            used.update(axes)
-            out.append(axes[0] if len(axes) == 1 else axes)
-        else:
-            out.append(None)
+        axes = tuple(a for a in LOGICAL_RULES[name] if a not in used and sizes.get(a, 1) > 1) if name else ()
+        while axes and dim % math.prod(sizes[a] for a in axes):
+            axes = axes[:-1]
+        used.update(axes)
+        out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
     return P(*out)
 
 
@@ -139,3 +167,56 @@ def host_batch_to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[st
     """Assembles each process's local rows into global arrays sharded over the batch axes."""
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
             for k, v in batch.items()}
+
+
+# ----- activations and adapters -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def with_mesh(mesh: Mesh):
+    """Makes ``mesh`` the active mesh (``jax.set_mesh``) for the block: ``constrain`` then pins activations and
+    adapters traced inside it. Enter it outside ``jax.jit`` (around the calls that trace)."""
+    with jax.set_mesh(mesh):
+        yield mesh
+
+
+def axes_size(mesh, axes: Sequence[str]) -> int:
+    """Number of shards over the mesh axes ``axes`` (axes the mesh lacks count as 1)."""
+    sizes = dict(mesh.shape)
+    return math.prod(sizes.get(a, 1) for a in axes)
+
+
+def active_mesh():
+    """The active mesh (an AbstractMesh) when it spans more than one device, else None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty or mesh.size == 1 else mesh
+
+
+def constrain(x, logical_axes):
+    """``jax.lax.with_sharding_constraint`` of ``x`` to its logical axes under the active mesh; ``x`` unchanged
+    when no mesh (or a one-device mesh) is active.
+
+    x: an array with ``logical_axes`` a sequence of names (None = replicated) of length ``x.ndim``, or a pytree with
+    a matching pytree of ``PartitionSpec``s of logical names (e.g. ``adapter_axes``)."""
+    mesh = active_mesh()
+    if mesh is None:
+        return x
+    if not isinstance(logical_axes, P) and isinstance(logical_axes, (tuple, list)):
+        logical_axes = P(*logical_axes)
+
+    def one(a, axes):
+        return jax.lax.with_sharding_constraint(a, logical_to_spec(tuple(axes), a.shape, mesh))
+    return jax.tree_util.tree_map(one, x, logical_axes)
+
+
+def adapter_axes(modules: Iterable[str]):
+    """Logical axes of an ``Adapter`` (``lora.py`` layout) over ``modules`` (names, or the adapter's A dict):
+    A[m] (layers, batch, rank, d_in axis of m), B[m] (layers, batch, rank, d_out axis of m), scale (batch,),
+    as an ``Adapter`` of ``PartitionSpec``s of logical names. The batch axis shards like the activations'; the
+    feature axes like the base projection's kernel (PROJECTION_AXES)."""
+    modules = tuple(modules)
+    unknown = [m for m in modules if m not in PROJECTION_AXES]
+    if unknown:
+        raise ValueError(f"adapter_axes: unknown modules {unknown} (known: {', '.join(PROJECTION_AXES)})")
+    lead = ("layers", "batch", "rank")
+    return Adapter(A={m: P(*lead, PROJECTION_AXES[m][0]) for m in modules},
+                   B={m: P(*lead, PROJECTION_AXES[m][1]) for m in modules}, scale=P("batch"))

@@ -291,7 +291,7 @@ def _run_locked(config, workdir: str) -> dict:
     from hyperlora_jax.checkpoint import Checkpointer, run_fingerprint
     from hyperlora_jax.methods import get_method
     from hyperlora_jax.optim import make_optimizer
-    from hyperlora_jax.sharding import make_mesh, param_shardings, replicated
+    from hyperlora_jax.sharding import make_mesh, param_shardings, replicated, with_mesh
 
     t_start = time.time()
     is_main = jax.process_index() == 0
@@ -335,7 +335,8 @@ def _run_locked(config, workdir: str) -> dict:
                         keep=config.get("keep_checkpoints", 3), best_metric=config.get("best_metric") or None, best_mode=config.get("best_mode", "min"),
                         async_save=config.get("async_checkpoints", True))
     try:
-        return _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start)
+        with with_mesh(mesh):  # activations and adapters traced in the step follow the rules table (sharding.py)
+            return _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start)
     finally:
         ckpt.wait()  # an in-flight save of a good state completes, also when the run stops with an error
         ckpt.close()

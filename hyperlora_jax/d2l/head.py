@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperlora_jax.lora import Adapter
+from hyperlora_jax.sharding import adapter_axes, constrain
 
 
 def _uniform(bound):
@@ -203,6 +204,7 @@ def combine_chunks(
     Returns ``Adapter`` with A[m]: [L, n_docs, R, d_in], B[m]: [L, n_docs, R, d_out], scale = lora_alpha
     (applied directly, D2L: 2·r^1.5) for every row. Rank rows of document c: its chunks in order
     ``[0, n_c·r)``, then the bias block ``[n_c·r, (n_c+1)·r)``, then zeros. No averaging over chunks.
+    Under an active mesh the result is constrained to ``sharding.adapter_axes``.
     """
     modules = tuple(per_chunk_A)
     first = per_chunk_A[modules[0]]
@@ -241,4 +243,4 @@ def combine_chunks(
     A = {m: build(per_chunk_A[m], None if bias_A is None else bias_A[m], chunk_scalers) for m in modules}
     B = {m: build(per_chunk_B[m], None if bias_B is None else bias_B[m], None) for m in modules}
     scale = jnp.full((n_docs,), lora_alpha, jnp.float32)
-    return Adapter(A, B, scale)
+    return constrain(Adapter(A, B, scale), adapter_axes(modules))

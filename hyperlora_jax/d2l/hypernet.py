@@ -14,6 +14,9 @@ M = target modules in sorted order, r = rank, d = latent width, n_docs = documen
   Adapter    A[m] [L, n_docs, (max_chunks+1)·r, d_in], B[m] [L, n_docs, (max_chunks+1)·r, d_out],
              scale [n_docs] = lora_alpha = 2·r^1.5 (applied directly)
 
+Under an active mesh (``sharding.with_mesh``) lora_emb is constrained to ``LORA_EMB_AXES`` and the Adapter to
+``sharding.adapter_axes`` (in ``combine_chunks``); the perceiver constrains its own output.
+
 Everything is a pure function of ``(params, config, arrays)``; ``config`` is a frozen (hashable) dataclass. The
 public functions jit themselves (config and max_chunks static); they also trace inside an outer ``jax.jit`` when
 ``config`` and ``max_chunks`` are static there.
@@ -32,6 +35,9 @@ import numpy as np
 from hyperlora_jax.d2l.head import HyperLoRAHead, combine_chunks
 from hyperlora_jax.d2l.perceiver import Perceiver, PerceiverConfig
 from hyperlora_jax.lora import Adapter
+from hyperlora_jax.sharding import constrain
+
+LORA_EMB_AXES = ("batch", "layers", None, "rank", "embed")  # logical axes of lora_emb [K, L, M, r, d]
 
 CTX_ENCODER_TYPES = ("per_layer_activations", "early_exit")
 
@@ -146,7 +152,7 @@ class D2LHypernet(nn.Module):
             out = self.perceiver(features, None if mask is None else mask[:, None, :])  # [K, L, M·r, d]
         else:
             out = self.perceiver(features, mask)  # [K, L·M·r, d]
-        emb = out.reshape(features.shape[0], c.n_layers, c.n_modules, c.r, out.shape[-1])
+        emb = constrain(out.reshape(features.shape[0], c.n_layers, c.n_modules, c.r, out.shape[-1]), LORA_EMB_AXES)
         self.sow("intermediates", "aggregator_out", emb)
         return emb
 
@@ -165,6 +171,7 @@ class D2LHypernet(nn.Module):
         else:
             out = self.perceiver(features, segment_ids, n_slots)  # [P, S, L·M·r, d]
         emb = out.reshape(features.shape[0] * n_slots, c.n_layers, c.n_modules, c.r, out.shape[-1])
+        emb = constrain(emb, LORA_EMB_AXES)
         self.sow("intermediates", "aggregator_out", emb)
         return self.head(emb)
 

@@ -59,6 +59,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hyperlora_jax.sharding import constrain
+
 # torch.nn.Linear's default init: U(±1/sqrt(fan_in)).
 torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -304,6 +306,9 @@ class Perceiver(nn.Module):
     (s = 1..S, 0 = padding) → [..., S, n_output_queries, d], slot s-1 equal to the perceiver run on segment s
     alone (the modality projection is per token; the encoder's latents of segment s attend only to its tokens;
     the decoder runs per slot).
+
+    Under an active mesh the output is constrained to logical axes (batch, None, ..., embed): the first leading
+    dimension (chunk rows) is the batch, the latent width d is ``embed`` (see ``sharding.py``).
     """
 
     config: PerceiverConfig
@@ -327,6 +332,7 @@ class Perceiver(nn.Module):
             lat = lat.reshape(-1, c.n_latents, lat.shape[-1])
         self.sow("intermediates", "encoder_latents", lat.reshape(lead + lat.shape[1:]))
         out = PerceiverResampler(c.decoder, name="decoder")(lat, None)
-        out = out.reshape(lead + out.shape[1:])
+        lead_axes = ("batch",) + (None,) * (len(lead) - 1) if lead else ()
+        out = constrain(out.reshape(lead + out.shape[1:]), lead_axes + (None, "embed"))
         self.sow("intermediates", "decoder_out", out)
         return out

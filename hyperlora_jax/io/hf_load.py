@@ -4,7 +4,8 @@ One name map (``param_map``) drives both directions: each entry pairs a paramete
 of every layer and a transform (HF ``Linear.weight`` is [out, in]; our kernels are [in, out]).
 
 ``load_model(dir)`` reads ``config.json`` and ``model.safetensors`` (or the shards listed in
-``model.safetensors.index.json``) into float32 or bfloat16, optionally straight into given shardings.
+``model.safetensors.index.json``) into float32 or bfloat16, optionally straight into given shardings (or those of a
+mesh's rules table).
 Missing, unexpected or mis-shaped tensors raise one ``CheckpointError`` that lists all of them.
 """
 from __future__ import annotations
@@ -153,9 +154,18 @@ def _ignorable(key: str, cfg: ModelConfig) -> bool:
     return (key == "lm_head.weight" and cfg.tie_word_embeddings) or key.endswith("rotary_emb.inv_freq")
 
 
-def load_model(model_dir: str, dtype=jnp.float32, shardings=None):
-    """(ModelConfig, params) from a local Hugging Face directory."""
+def load_model(model_dir: str, dtype=jnp.float32, shardings=None, mesh=None):
+    """(ModelConfig, params) from a local Hugging Face directory.
+
+    shardings: as ``load_params``; or mesh: a ``jax.sharding.Mesh`` whose parameter shardings
+    (``sharding.param_shardings``, the rules table) each leaf is loaded straight into (no whole-model device copy).
+    """
     cfg = ModelConfig.from_pretrained(model_dir)
+    if mesh is not None:
+        if shardings is not None:
+            raise ValueError("load_model: pass shardings or mesh, not both")
+        from hyperlora_jax.sharding import param_shardings
+        shardings = param_shardings(abstract_params(cfg), mesh)
     try:
         return cfg, load_params(model_dir, cfg, dtype, shardings)
     except SafetensorsError as e:

@@ -70,15 +70,13 @@ class D2LMethod:
         from hyperlora_jax.d2l.context import load_tokenizer, padded_chunk_len, template_affixes
         from hyperlora_jax.d2l.hypernet import D2LHypernetConfig
         from hyperlora_jax.io.hf_load import load_model
-        from hyperlora_jax.sharding import param_shardings
 
         self.config, self.mesh = config, mesh
         mc = config.model
         base_dir = mc.base_model or _toy_base_dir()
         self.base_dir = base_dir
-        self.base_cfg, base = load_model(base_dir)
+        self.base_cfg, self.base_params = load_model(base_dir, mesh=mesh)  # each leaf straight into its shardings
         self.base_cfg = self.base_cfg.with_run_options(mc)
-        self.base_params = jax.device_put(base, param_shardings(base, mesh))
         self.tok = load_tokenizer(base_dir)
         self.affixes = template_affixes(self.tok)
         self.chunk_len = padded_chunk_len(config.data.chunk_tokens, self.affixes)

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperlora_jax.lora import LORA_MODULES, Adapter
+from hyperlora_jax.sharding import adapter_axes, constrain
 
 VARIANTS = ("L", "M", "S")
 SCALES = ("rslora", "alpha_over_r")
@@ -389,7 +390,9 @@ def _adapter(cfg, A, B, n, scale):
 def _generate(params, cfg: T2LConfig, x, deterministic: bool, rng, encoded: bool):
     model = T2LHypernet(cfg)
     method = T2LHypernet.__call__ if encoded else T2LHypernet.generate
-    return model.apply({"params": _params(params)}, x, deterministic, method=method, rngs=_rngs(deterministic, rng))
+    A, B = model.apply({"params": _params(params)}, x, deterministic, method=method, rngs=_rngs(deterministic, rng))
+    axes = adapter_axes(A)  # under an active mesh: the adapter's logical axes (sharding.py); else a no-op
+    return constrain(A, axes.A), constrain(B, axes.B)
 
 
 def generate_adapters(params, cfg: T2LConfig, task_emb: jax.Array, scale: str = "rslora", *,
