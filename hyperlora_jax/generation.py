@@ -15,7 +15,7 @@ import numpy as np
 
 from hyperlora_jax.config import ModelConfig
 from hyperlora_jax.lora import Adapter
-from hyperlora_jax.model import KVCache, forward
+from hyperlora_jax.model import KVCache, forward, segment_positions
 
 
 def _bucket(n: int, multiple: int = 16) -> int:
@@ -58,7 +58,7 @@ def _generate(params, ids, mask, adapter, rng, temperature, top_p, stop_ids, pad
               max_new_tokens: int, dtype):
     b, p = ids.shape
     cache = KVCache.init(cfg, b, p + max_new_tokens, dtype)
-    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    positions = segment_positions(mask)
     out = forward(params, cfg, ids, positions=positions, segment_ids=mask, adapter=adapter, cache=cache, dtype=dtype)
     last_pos = positions[:, -1]
     rng, sub = jax.random.split(rng)
@@ -128,7 +128,7 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, adap
 
 @functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
 def _token_logprobs(params, ids, mask, adapter, *, cfg: ModelConfig, dtype):
-    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    positions = segment_positions(mask)
     logits = forward(params, cfg, ids, positions=positions, segment_ids=mask, adapter=adapter, dtype=dtype)["logits"]
     logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
     return jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]  # [B, T-1]: log p(ids[t+1] | ids[:t+1])

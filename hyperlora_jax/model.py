@@ -44,6 +44,19 @@ UNROLL_MAX_LAYERS = 8  # layer scans of at most this many layers are fully unrol
 attention_masks = attention.attention_masks  # the dense [B, T, S] masks (re-exported)
 
 
+def segment_positions(segment_ids):
+    """Positions [B, T] int32 restarting at 0 at each segment's first token, from segment_ids [B, T] (0 = padding,
+    segments contiguous). Padding repeats the previous token's position (0 before any segment), so on a 0/1 mask
+    this is exactly max(cumsum(mask) - 1, 0)."""
+    seg = jnp.asarray(segment_ids)
+    nz = (seg != 0).astype(jnp.int32)
+    count = jnp.cumsum(nz, axis=1)                                   # [B, T] non-padding tokens up to t
+    prev = jnp.concatenate([jnp.zeros_like(seg[:, :1]), seg[:, :-1]], axis=1)
+    start = (nz == 1) & (seg != prev)                                 # first token of a segment
+    base = jax.lax.cummax(jnp.where(start, count - 1, 0), axis=1)     # non-padding tokens before that segment
+    return jnp.maximum(count - 1 - base, 0).astype(jnp.int32)
+
+
 @flax.struct.dataclass
 class KVCache:
     """Keys and values of every layer, plus what each slot holds.

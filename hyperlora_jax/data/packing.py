@@ -122,8 +122,8 @@ def segment_nll(logits, tokens, loss_mask, segment_ids, num_segments: int):
     target counts); segment s+1 → column s. Works on packed and unpacked rows alike (jax.numpy)."""
     import jax
     import jax.numpy as jnp
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    from hyperlora_jax.losses import next_token_ce
+    nll = next_token_ce(logits, tokens)
     m = loss_mask[:, :-1]
     onehot = jax.nn.one_hot(segment_ids[:, :-1] - 1, num_segments, dtype=jnp.float32)  # padding (0) → zeros
     sums = jnp.einsum("bt,bts->bs", nll * m, onehot)

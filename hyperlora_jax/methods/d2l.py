@@ -30,39 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperlora_jax.data.iterators import IndexedBatchIterator
-from hyperlora_jax.model import forward
-
-
-def logprobs_of(logits, targets):
-    """log p(target) [B, R] from logits [B, R, V] (float32 softmax) and target ids [B, R]."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-
-
-def per_doc_mean(values, mask):
-    """Mean over each row's masked positions, then over rows that have any. values/mask [B, T]."""
-    tok = mask.sum(axis=1)
-    row = (values * mask).sum(axis=1) / jnp.maximum(tok, 1.0)
-    has = (tok > 0).astype(jnp.float32)
-    return (row * has).sum() / jnp.maximum(has.sum(), 1.0)
-
-
-def l1_of_adapter(adapter) -> jax.Array:
-    parts = [jnp.abs(adapter.A[m]).mean() + jnp.abs(adapter.B[m]).mean() for m in adapter.modules]
-    return sum(parts) / len(parts)
-
-
-def kd_loss(student_logits, teacher_logits, valid, top_k: int):
-    """CE of the student against the teacher's unrenormalised top-k probabilities at aligned response positions.
-
-    *_logits [B, R, V]: the logits predicting response token r (taken at ``student_idx`` / ``teacher_idx`` by the
-    forward passes); valid [B, R].
-    """
-    s = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
-    t = jax.nn.softmax(jax.lax.stop_gradient(teacher_logits).astype(jnp.float32), axis=-1)
-    top_p, top_i = jax.lax.top_k(t, top_k)
-    ce = -(top_p * jnp.take_along_axis(s, top_i, axis=-1)).sum(-1)  # [B, R]
-    return per_doc_mean(ce, valid.astype(jnp.float32))
+from hyperlora_jax.losses import adapter_l1 as l1_of_adapter, kd_loss, row_mean as per_doc_mean, token_logprobs as logprobs_of
+from hyperlora_jax.model import forward, segment_positions
 
 
 class D2LMethod:
@@ -186,7 +155,7 @@ class D2LMethod:
         else:
             adapter = self.adapter(hyper_params, base_params, batch["ctx_ids"], batch["ctx_mask"], batch["n_chunks"])
         seg = batch["segment_ids"]
-        pos = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
+        pos = segment_positions(seg)
         emb = None
         alpha = self.config.loss.get("neftune_alpha", 0.0)
         if alpha:  # NEFTune: uniform noise ±α/√(T·d) on the student's input embeddings (before gemma's √H scale)
@@ -208,7 +177,7 @@ class D2LMethod:
             if "teacher_positions" in batch:  # packed: rows of several documents, logits at [P, D·R]
                 tpos, t_idx = batch["teacher_positions"], t_idx.reshape(t_idx.shape[0], -1)
             else:
-                tpos = jnp.maximum(jnp.cumsum(tseg, axis=1) - 1, 0)
+                tpos = segment_positions(tseg)
             teacher = forward(base_params, self.base_cfg, batch["teacher_tokens"], positions=tpos, segment_ids=tseg,
                               dtype=self.dtype, logits_at=t_idx)["logits"]
             teacher = teacher.reshape(s_idx.shape + teacher.shape[-1:])  # [documents, R, V]

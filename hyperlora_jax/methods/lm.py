@@ -14,7 +14,8 @@ import numpy as np
 
 from hyperlora_jax.config import ModelConfig
 from hyperlora_jax.data.iterators import IndexedBatchIterator, stack
-from hyperlora_jax.model import forward, init_params
+from hyperlora_jax.losses import next_token_ce, token_mean
+from hyperlora_jax.model import forward, init_params, segment_positions
 
 SOURCES = {}
 
@@ -46,10 +47,7 @@ def copy_source(cfg: ModelConfig, data_cfg, seed: int):
 
 def lm_loss(logits, tokens, loss_mask):
     """Mean next-token cross-entropy over positions with loss_mask = 1. logits [B, T, V], tokens/mask [B, T]."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    m = loss_mask[:, :-1]
-    return (nll * m).sum() / jnp.maximum(m.sum(), 1.0), m.sum()
+    return token_mean(next_token_ce(logits, tokens), loss_mask[:, :-1])
 
 
 class LMMethod:
@@ -92,7 +90,7 @@ class LMMethod:
 
     def loss(self, params, frozen, batch, rng):
         seg = batch["segment_ids"]
-        pos = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
+        pos = segment_positions(seg)
         out = forward(params, self.model_cfg, batch["tokens"], positions=pos, segment_ids=seg, dtype=self.dtype,
                       remat=self.config.get("remat", "none"))
         loss, _ = lm_loss(out["logits"], batch["tokens"], batch["loss_mask"])

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperlora_jax.data.iterators import IndexedBatchIterator, stack
+from hyperlora_jax.losses import adapter_l2, next_token_ce, row_mean
 from hyperlora_jax.t2l import hypernet as hn
 
 log = logging.getLogger("hyperlora_jax.methods.t2l")
@@ -207,20 +208,11 @@ def neftune_noise(x, rng, alpha: float):
 def label_smoothed_ce(logits, tokens, loss_mask, eps: float):
     """Per-example mean over loss positions of torch-style label-smoothed CE, then mean over examples that have
     loss positions. logits [B, T, V], tokens / loss_mask [B, T] (position t predicts token t+1)."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
-    tok = (1.0 - eps) * nll - eps * jnp.mean(logp, axis=-1)
     m = loss_mask[:, :-1].astype(jnp.float32)
-    count = m.sum(axis=1)
-    per_ex = (tok * m).sum(axis=1) / jnp.maximum(count, 1.0)
-    has = (count > 0).astype(jnp.float32)
-    return (per_ex * has).sum() / jnp.maximum(has.sum(), 1.0), m.sum()
+    return row_mean(next_token_ce(logits, tokens, eps), m), m.sum()
 
 
-def l2_generated(adapter) -> jax.Array:
-    """sum over modules of mean(A^2) + mean(B^2) (all layers and examples)."""
-    return sum(jnp.mean(jnp.square(adapter.A[m].astype(jnp.float32))) +
-               jnp.mean(jnp.square(adapter.B[m].astype(jnp.float32))) for m in adapter.A)
+l2_generated = adapter_l2
 
 
 # ============================================================================================ the method
@@ -378,10 +370,10 @@ class T2LMethod:
         return self.sft_loss(trainable, frozen, batch, adapter, k_neft)
 
     def sft_loss(self, trainable, frozen, batch, adapter, rng):
-        from hyperlora_jax.model import forward
+        from hyperlora_jax.model import forward, segment_positions
         c, sc = self.model_cfg, self.sft_cfg
         tokens, seg = batch["tokens"], batch["segment_ids"]
-        pos = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
+        pos = segment_positions(seg)
         base = frozen["base"]
         x = jnp.take(base["embed_tokens"]["embedding"], tokens, axis=0).astype(self.dtype)
         x = neftune_noise(x, rng, float(sc.get("neftune_noise_alpha", 0.0)))
