@@ -32,8 +32,8 @@ setup(
             "pytest-xdist>=3",
             "torch==2.13.0",
             "peft>=0.15",
-            "gguf>=0.10",          # transformers' GGUF loading: the reference side of tests/test_gguf.py
-            "nbclient>=0.10",      # tests/test_notebooks.py executes colab/*.ipynb headless
+            "gguf>=0.10",          # transformers' GGUF loading: the reference side of tests/e2e/test_gguf.py
+            "nbclient>=0.10",      # tests/e2e/test_notebooks.py executes colab/*.ipynb headless
             "nbformat>=5.9",
             "ipykernel>=6.29",
         ],

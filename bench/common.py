@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
-# the real config.json files of the published base models (shared with tests/test_real_configs.py)
+# the real config.json files of the published base models (shared with tests/unit/test_real_configs.py)
 REAL_CONFIG_DIR = os.path.join(REPO, "tests", "data", "configs")
 REAL_MODELS = ("gemma-2-2b", "Mistral-7B-Instruct-v0.2", "Qwen3-4B")
 

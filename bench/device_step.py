@@ -46,7 +46,7 @@ MFU = model FLOPs per step / step time / peak bf16 FLOP/s of the device (``train
 A100 312e12, TPU v4 275e12, v5e 197e12, v5p 459e12, v6 918e12). XLA's own count of the compiled step
 (``cost_analysis()['flops']``) is printed next to it for reference only: it counts the body of a scan / while loop
 once, so with the base model's scan over layers it is a lower bound, not a check (the hypernetwork has no loop, and
-tests/test_bench.py checks the analytic forward count against XLA's on a one-layer model).
+tests/e2e/test_bench.py checks the analytic forward count against XLA's on a one-layer model).
 ``--base-config`` swaps the base for any Hugging Face style ``config.json`` (a directory holding one, the file
 itself, or a name under ``tests/data/configs``: gemma-2-2b, Llama-3.1-8B, Mistral-7B-Instruct-v0.2, Qwen3-4B);
 ``--attention`` sets its kernel (``hyperlora_jax/attention.py``; each row records the kernel that ran).

@@ -5,7 +5,7 @@
 #
 # Stages (each under `timeout`, each prints and the script carries on when one fails):
 #   1. environment: JAX on the GPU (pip-installs jax[cuda12] + flax/optax only when JAX cannot see a GPU)
-#   2. tests/test_attention.py with HYPERLORA_GPU_TESTS=1: the real cuDNN kernel vs the dense path (bf16 forward +
+#   2. tests/e2e/test_attention.py with HYPERLORA_GPU_TESTS=1: the real cuDNN kernel vs the dense path (bf16 forward +
 #      gradients; packing, padding, sliding window, GQA/MQA), the tiny model with attention='cudnn' vs 'xla', and
 #      the CPU-side kernel-selection / mask-construction tests (splash interpret-mode tests excluded: slow here)
 #   3. bench/device_step.py --which lora on a gemma-2-2b config without attn_logit_softcapping (cuDNN has no
@@ -45,7 +45,7 @@ PY
 stage "2. attention tests on the GPU (cuDNN vs dense)"
 # float32 references at full precision (JAX's GPU default for float32 dots is TF32-like)
 HYPERLORA_GPU_TESTS=1 JAX_DEFAULT_MATMUL_PRECISION=highest timeout 150 \
-  "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_attention.py -k "not splash and not model_auto" 2>&1 \
+  "$PY" -m pytest -q -p no:cacheprovider -rs tests/e2e/test_attention.py -k "not splash and not model_auto" 2>&1 \
   | tee "$OUT/pytest.txt"
 echo "pytest exit ${PIPESTATUS[0]}"
 

@@ -6,7 +6,7 @@
 
 Each script prints its tables and writes ``<results>/<script>.json`` (default ``bench/results/``); this writes
 ``run_all.json`` next to them with every script's wall time and exit status. Exit status 1 if any script failed.
-``--smoke`` passes ``--smoke`` to every script (tiny sizes; what tests/test_bench.py checks).
+``--smoke`` passes ``--smoke`` to every script (tiny sizes; what tests/e2e/test_bench.py checks).
 The device script (``bench/device_step.py``) is not part of this: it is meant for a GPU/TPU (see its docstring).
 """
 from __future__ import annotations

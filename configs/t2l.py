@@ -5,7 +5,7 @@ Presets (``--config=configs/t2l.py:PRESET``):
   mistral  Mistral-7B-Instruct-v0.2, T2L-L latent 128 / head_in 512 (train_t2l_mistral.sh: the defaults)
   gemma    gemma-2-2b-it, T2L-L latent 512 / head_in 2048 (train_t2l_gemma.sh)
   tiny     the tests' tiny llama (tests/data/t2l/base_model_llama) + tiny BERT encoder, 4 toy tasks in the config;
-           trains on one CPU in seconds (used by tests/test_t2l_method.py)
+           trains on one CPU in seconds (used by tests/e2e/test_t2l_method.py)
   tiny_recon  the same sizes in reconstruction mode; set data.tasks.<name>.oracle_lora to PEFT directories
   toy      the toy world: T2L SFT on 34 toy string tasks over the shipped string base (assets/toy_strings_base),
            all-MiniLM-L6-v2 task encoder; ends with WORKDIR/eval/results.json (base / multitask_lora /

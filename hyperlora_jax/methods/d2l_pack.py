@@ -31,7 +31,7 @@ index; a source's skip counters then also count the other hosts' examples). A ne
 
 Exact: the encoder attends within each chunk and restarts its positions, the Perceiver's latents of a chunk attend
 only to its tokens, the teacher attends within each document, so loss and gradients equal the padded layout's
-(tests/test_d2l_pack.py). One difference: NEFTune's noise scale α/√(T·d) uses the student row length T, which is Tq
+(tests/e2e/test_d2l_pack.py). One difference: NEFTune's noise scale α/√(T·d) uses the student row length T, which is Tq
 here and query_len padded (the reference uses its packed row length).
 """
 from __future__ import annotations

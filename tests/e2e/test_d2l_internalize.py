@@ -18,7 +18,7 @@ from hyperlora_jax.d2l.internalize import internalize
 from hyperlora_jax.io.hf_load import load_model
 from hyperlora_jax.model import forward
 
-DATA = pathlib.Path(__file__).parent / "data" / "d2l"
+DATA = pathlib.Path(__file__).parent.parent / "data" / "d2l"
 KINDS = ["per_layer_activations", "early_exit"]
 
 

@@ -21,7 +21,7 @@ from repo_configs import get_config
 from hyperlora_jax.cli import evaluate
 from hyperlora_jax.eval import metrics, records
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EVAL = os.path.join(DATA, "eval")
 D2L_CFG = os.path.join(REPO, "configs", "d2l.py")
 T2L_CFG = os.path.join(REPO, "configs", "t2l.py")

@@ -19,7 +19,7 @@ from hyperlora_jax.t2l import hypernet as hn
 T2L = os.path.join(DATA, "t2l")
 BASE = os.path.join(T2L, "base_model_llama")
 BERT = os.path.join(T2L, "tiny_gte_bert")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL_W, TOL_LOGITS = 1e-5, 1e-4
 DESCS = json.load(open(os.path.join(T2L, "text_to_lora.json")))["descriptions"]
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import DATA
 from repo_configs import get_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE = os.path.join(DATA, "t2l", "base_model_llama")
 
 

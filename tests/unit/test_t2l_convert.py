@@ -18,7 +18,7 @@ from hyperlora_jax.t2l import hypernet as hn
 T2L = os.path.join(DATA, "t2l")
 RUN = os.path.join(T2L, "run_L")
 TOL = 1e-5
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _cli(*argv):

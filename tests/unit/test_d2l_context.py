@@ -9,7 +9,7 @@ import pytest
 from hyperlora_jax.d2l.context import (Affixes, ContextError, chunk_ids, load_tokenizer, pad_chunks,
                                        padded_chunk_len, prepare_documents, template_affixes, tokenize_document)
 
-DATA = pathlib.Path(__file__).parent / "data" / "d2l"
+DATA = pathlib.Path(__file__).parent.parent / "data" / "d2l"
 KINDS = ["per_layer_activations", "early_exit"]
 
 

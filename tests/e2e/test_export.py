@@ -22,7 +22,7 @@ from hyperlora_jax import train
 from hyperlora_jax.cli import common as cli, export, generate, generate_lora, internalize
 from hyperlora_jax.io.peft_io import import_peft
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _config(name, preset):

@@ -24,7 +24,7 @@ from hyperlora_jax.encoders.bert import (  # noqa: E402
     read_safetensors,
 )
 
-DATA = os.path.join(os.path.dirname(__file__), "data", "t2l")
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "t2l")
 TINY_GTE = os.path.join(DATA, "tiny_gte_bert")
 
 

@@ -10,7 +10,7 @@ from hyperlora_jax.d2l import D2LHypernetConfig, init_params
 from hyperlora_jax.d2l.checkpoint_map import (config_from_state_dict, expected_torch_shapes, flax_to_torch,
                                               torch_to_flax)
 
-DATA = pathlib.Path(__file__).parent / "data" / "d2l"
+DATA = pathlib.Path(__file__).parent.parent / "data" / "d2l"
 KINDS = ["per_layer_activations", "early_exit"]
 
 

@@ -18,7 +18,7 @@ from hyperlora_jax.encoders.task_embedding import (
     resolve_pooling,
 )
 
-DATA = os.path.join(os.path.dirname(__file__), "data", "t2l")
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "t2l")
 TINY_GTE = os.path.join(DATA, "tiny_gte_bert")
 
 

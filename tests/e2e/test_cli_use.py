@@ -16,7 +16,7 @@ from hyperlora_jax.cli import common as cli, convert, generate, generate_lora, i
 from hyperlora_jax.lora import Adapter
 from hyperlora_jax.io.peft_io import export_peft
 
-DATA = pathlib.Path(__file__).parent / "data"
+DATA = pathlib.Path(__file__).parent.parent / "data"
 D2L_RUN, D2L_MODEL = DATA / "d2l" / "run_per_layer_activations", DATA / "d2l" / "tiny_gemma2"
 T2L = DATA / "t2l"
 

@@ -13,7 +13,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-COLAB = pathlib.Path(__file__).resolve().parent.parent / "colab"
+COLAB = pathlib.Path(__file__).resolve().parent.parent.parent / "colab"
 TIMEOUT_S = 900   # whole notebook; each one takes about 2 minutes on 2 busy CPU cores
 
 NOTEBOOKS = {

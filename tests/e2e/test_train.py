@@ -16,7 +16,7 @@ import pytest
 
 from checkpoint_state import saved_state
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "lm.py") + ":tiny"
 STEPS = 8
 

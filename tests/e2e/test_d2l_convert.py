@@ -17,7 +17,7 @@ from hyperlora_jax.d2l.checkpoint_map import config_from_state_dict, torch_to_fl
 from hyperlora_jax.model import forward
 from hyperlora_jax.io.peft_io import import_peft
 
-DATA = pathlib.Path(__file__).parent / "data" / "d2l"
+DATA = pathlib.Path(__file__).parent.parent / "data" / "d2l"
 RUN = DATA / "run_per_layer_activations"
 MODEL = DATA / "tiny_gemma2"
 

@@ -11,7 +11,7 @@ import pytest
 from hyperlora_jax.toy import string_tasks as st
 from repo_configs import get_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _config(name: str, preset: str):

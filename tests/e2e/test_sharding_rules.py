@@ -4,7 +4,7 @@ In process: the table maps every logical axis the code names, specs from it, and
 On 8 emulated CPU devices (a subprocess: the device count is fixed when JAX starts), under a 2x2x2
 (data, fsdp, tensor) mesh: D2L and T2L forwards (hypernetwork -> adapter -> decoder) whose constrained activations
 and adapters carry the table's shardings and equal the unsharded forward (float32, atol 1e-5), and splash attention
-under the mesh (batch and KV heads sharded) against the dense path (< 1e-4, as tests/test_attention.py).
+under the mesh (batch and KV heads sharded) against the dense path (< 1e-4, as tests/e2e/test_attention.py).
 """
 import os
 import subprocess
@@ -22,7 +22,7 @@ from hyperlora_jax.d2l.hypernet import LORA_EMB_AXES
 from hyperlora_jax.lora import LORA_MODULES
 from hyperlora_jax.model import HIDDEN_AXES
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MESH_2x2x2 = AbstractMesh((2, 2, 2), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 

@@ -24,7 +24,7 @@ from hyperlora_jax.io import safetensors_io
 from hyperlora_jax.io import torch_pickle as tp
 from hyperlora_jax.io import safe_yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN = os.path.join(DATA, "t2l", "run_L")
 AS_LIMIT = 3 << 29  # 1.5 GiB of address space for the memory-bomb subprocesses
 
