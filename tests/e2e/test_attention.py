@@ -223,7 +223,7 @@ def test_model_splash_on_two_devices():
     batch sharded over 2 emulated CPU devices gives the xla path's logits (float32, < 1e-4)."""
     script = textwrap.dedent("""
         import sys, jax, jax.numpy as jnp, numpy as np
-        sys.path.insert(0, "tests")
+        sys.path.insert(0, "tests/e2e")
         from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
         import test_attention as ta
         from hyperlora_jax.model import forward

@@ -161,7 +161,7 @@ print("OK")
 
 SPLASH = """
 import sys, jax, jax.numpy as jnp, numpy as np
-sys.path.insert(0, "tests")
+sys.path.insert(0, "tests/e2e")
 import test_attention as ta
 from hyperlora_jax import sharding
 from hyperlora_jax.model import forward
