@@ -256,6 +256,7 @@ class LoRAMethod:
 
     def loss(self, params, frozen, batch, rng):
         from hyperlora_jax.lora import Adapter
+        from hyperlora_jax.losses import next_token_ce, token_mean
         from hyperlora_jax.model import forward
         b = batch["tokens"].shape[0]
         tile = lambda x: jnp.broadcast_to(x, (x.shape[0], b) + x.shape[2:]).astype(self.dtype)
@@ -263,10 +264,7 @@ class LoRAMethod:
                           jnp.full((b,), 2.0, jnp.float32))
         out = forward(frozen, self.bc, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"],
                       adapter=adapter, dtype=self.dtype, remat=self.remat)
-        logp = jax.nn.log_softmax(out["logits"][:, :-1], axis=-1)
-        nll = -jnp.take_along_axis(logp, batch["tokens"][:, 1:, None], axis=-1)[..., 0]
-        m = batch["loss_mask"][:, 1:]
-        loss = (nll * m).sum() / jnp.maximum(m.sum(), 1.0)
+        loss, _ = token_mean(next_token_ce(out["logits"], batch["tokens"]), batch["loss_mask"][:, 1:])
         return loss, {"loss": loss}
 
 

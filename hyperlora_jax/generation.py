@@ -15,6 +15,7 @@ import numpy as np
 
 from hyperlora_jax.config import ModelConfig
 from hyperlora_jax.lora import Adapter
+from hyperlora_jax.losses import token_logprobs
 from hyperlora_jax.model import KVCache, forward, segment_positions
 
 
@@ -130,8 +131,7 @@ def generate(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *, adap
 def _token_logprobs(params, ids, mask, adapter, *, cfg: ModelConfig, dtype):
     positions = segment_positions(mask)
     logits = forward(params, cfg, ids, positions=positions, segment_ids=mask, adapter=adapter, dtype=dtype)["logits"]
-    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    return jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]  # [B, T-1]: log p(ids[t+1] | ids[:t+1])
+    return token_logprobs(logits[:, :-1], ids[:, 1:])  # [B, T-1]: log p(ids[t+1] | ids[:t+1])
 
 
 def score(params, cfg: ModelConfig, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], *,

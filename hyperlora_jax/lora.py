@@ -51,10 +51,21 @@ class Adapter:
         """The adapter of layer ``i``: A [B, R, d_in], B [B, R, d_out] per module."""
         return Adapter({m: a[i] for m, a in self.A.items()}, {m: b[i] for m, b in self.B.items()}, self.scale)
 
-    def example(self, b: int) -> "Adapter":
-        """Keeps batch row ``b`` only (batch size 1)."""
-        return Adapter({m: a[:, b:b + 1] for m, a in self.A.items()},
-                       {m: x[:, b:b + 1] for m, x in self.B.items()}, self.scale[b:b + 1])
+    def take(self, idx) -> "Adapter":
+        """Batch rows ``idx`` (in that order, repeats allowed; each in [0, batch_size)): idx [N] int (a sequence,
+        NumPy or JAX array, also traced) -> A [L, N, R, d_in], B [L, N, R, d_out], scale [N]."""
+        ix = jnp.asarray(idx, jnp.int32)
+        return Adapter({m: jnp.take(a, ix, axis=1) for m, a in self.A.items()},
+                       {m: jnp.take(b, ix, axis=1) for m, b in self.B.items()}, jnp.take(self.scale, ix))
+
+    def zeros_like(self, batch_size: int | None = None) -> "Adapter":
+        """An all-zero adapter (exactly the base model) with this one's modules, layers, rank and dtypes and
+        ``batch_size`` rows (default: as many as this one): A [L, N, R, d_in], B [L, N, R, d_out], scale [N] = 0.
+        It runs through the same compiled program as adapters of that shape."""
+        n = self.batch_size if batch_size is None else int(batch_size)
+        return Adapter({m: jnp.zeros((a.shape[0], n) + a.shape[2:], a.dtype) for m, a in self.A.items()},
+                       {m: jnp.zeros((b.shape[0], n) + b.shape[2:], b.dtype) for m, b in self.B.items()},
+                       jnp.zeros((n,), jnp.float32))
 
     def astype(self, dtype) -> "Adapter":
         return Adapter({m: a.astype(dtype) for m, a in self.A.items()},

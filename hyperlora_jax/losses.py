@@ -8,16 +8,25 @@ import jax
 import jax.numpy as jnp
 
 
+def log_softmax32(logits):
+    """log-softmax over the vocabulary [..., V], taken in float32 whatever the logits' dtype."""
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def pick(logp, ids):
+    """logp [..., V] at token ids [..., k] -> [..., k] (the one vocabulary gather of the project's losses)."""
+    return jnp.take_along_axis(logp, ids.astype(jnp.int32), axis=-1)
+
+
 def token_logprobs(logits, targets):
     """log p(targets) [B, T] from logits [B, T, V] (float32 log-softmax) and target ids [B, T]."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return pick(log_softmax32(logits), targets[..., None])[..., 0]
 
 
 def token_ce(logits, targets, label_smoothing: float = 0.0):
     """Per-token cross-entropy [B, T]; with label_smoothing eps, torch's (1 - eps) * nll + eps * mean_v(-log p_v)."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    logp = log_softmax32(logits)
+    nll = -pick(logp, targets[..., None])[..., 0]
     if label_smoothing:
         return (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
     return nll
@@ -26,6 +35,14 @@ def token_ce(logits, targets, label_smoothing: float = 0.0):
 def next_token_ce(logits, tokens, label_smoothing: float = 0.0):
     """Per-position next-token cross-entropy [B, T-1]: logits [B, T, V] at t scored against tokens [B, T] at t+1."""
     return token_ce(logits[:, :-1], tokens[:, 1:], label_smoothing)
+
+
+def next_token_row_ce(logits, tokens, loss_mask, label_smoothing: float = 0.0):
+    """(loss, n_tokens): next_token_ce (torch-style label smoothing) averaged by row_mean over the loss positions
+    (loss_mask [B, T], position t predicts token t+1: its last column is ignored), and their count. The SFT loss of
+    T2L and of the LoRA bank. logits [B, T, V], tokens [B, T]."""
+    m = loss_mask[:, :-1].astype(jnp.float32)
+    return row_mean(next_token_ce(logits, tokens, label_smoothing), m), m.sum()
 
 
 def token_mean(values, mask):
@@ -52,8 +69,7 @@ def teacher_top_k(teacher_logits, k: int):
 def top_k_ce(student_logits, top_p, top_i):
     """Per-position CE [B, R] of student_logits [B, R, V] against the teacher's top-k (top_p, top_i [B, R, k]):
     - sum_j top_p[j] * log_softmax(student)[top_i[j]] (D2L's unrenormalised top-k KD)."""
-    s = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
-    return -(top_p * jnp.take_along_axis(s, top_i, axis=-1)).sum(-1)
+    return -(top_p * pick(log_softmax32(student_logits), top_i)).sum(-1)
 
 
 def kd_loss(student_logits, teacher_logits, valid, top_k: int):

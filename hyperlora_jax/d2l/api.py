@@ -126,8 +126,7 @@ class DocToLoRA:
             if adapter.batch_size != 1:
                 raise ValueError(f"{adapter.batch_size} documents are internalised but {len(prompts)} prompts given")
             rows = np.zeros((len(prompts),), np.int32)
-            adapter = Adapter({m: a[:, rows] for m, a in adapter.A.items()},
-                              {m: b[:, rows] for m, b in adapter.B.items()}, adapter.scale[rows])
+            adapter = adapter.take(rows)
         stop = list(self.base_cfg.eos_token_ids)  # config + generation_config eos ids
         if getattr(self.tokenizer, "eos_token_id", None) is not None and self.tokenizer.eos_token_id not in stop:
             stop.append(int(self.tokenizer.eos_token_id))

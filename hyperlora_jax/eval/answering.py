@@ -51,15 +51,6 @@ def truncated_in_context(tok, document: str, question: str, window: int, max_new
     return middle_truncate(tok, content, window - max_new_tokens - overhead)
 
 
-def rows_of(adapter: Optional[Adapter], idx: Sequence[int]) -> Optional[Adapter]:
-    """Adapter rows ``idx`` (in that order), or None."""
-    if adapter is None:
-        return None
-    ix = np.asarray(idx, np.int32)
-    return Adapter({m: a[:, ix] for m, a in adapter.A.items()}, {m: b[:, ix] for m, b in adapter.B.items()},
-                   adapter.scale[ix])
-
-
 def stop_tokens(tok, cfg) -> list[int]:
     stop = list(cfg.eos_token_ids)
     if getattr(tok, "eos_token_id", None) is not None and tok.eos_token_id not in stop:
@@ -87,7 +78,7 @@ def generate_ids(params, cfg, prompts: Sequence[Sequence[int]], *, adapter: Opti
 
     out = []
     for idx in padded_batches(len(prompts), batch_size):
-        out += generate(params, cfg, [prompts[i] for i in idx], adapter=rows_of(adapter, idx),
+        out += generate(params, cfg, [prompts[i] for i in idx], adapter=None if adapter is None else adapter.take(idx),
                         max_new_tokens=max_new_tokens, stop_tokens=list(stop), dtype=dtype or jnp.float32)
     return [out[i] for i in range(len(prompts))]
 

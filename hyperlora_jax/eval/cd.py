@@ -28,7 +28,8 @@ import numpy as np
 
 from hyperlora_jax.eval.answering import chat_ids, generate_ids, in_context, padded_batches, stop_tokens
 from hyperlora_jax.lora import Adapter
-from hyperlora_jax.model import forward
+from hyperlora_jax.losses import teacher_top_k, top_k_ce
+from hyperlora_jax.model import forward, segment_positions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,22 +68,19 @@ def _bucket(n: int, m: int = 16) -> int:
 @functools.partial(jax.jit, static_argnames=("cfg", "top_k", "dtype"))
 def _teacher_topk(params, ids, seg, t_idx, *, cfg, top_k, dtype):
     """Teacher top-k probabilities [P, R, k] and token ids [P, R, k] at positions t_idx [P, R]."""
-    pos = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
-    logits = forward(params, cfg, ids, positions=pos, segment_ids=seg, dtype=dtype)["logits"]
-    at = jnp.take_along_axis(logits, t_idx[:, :, None], axis=1).astype(jnp.float32)
-    return jax.lax.top_k(jax.nn.softmax(at, axis=-1), top_k)
+    logits = forward(params, cfg, ids, positions=segment_positions(seg), segment_ids=seg, dtype=dtype)["logits"]
+    return teacher_top_k(jnp.take_along_axis(logits, t_idx[:, :, None], axis=1), top_k)
 
 
 def _loss(lora, params, batch, *, cfg, scale, dtype):
     """Σ_docs mean_queries mean_tokens CE(student, teacher top-k). lora: {A: {m: [L, D, r, d_in]}, B: ...}."""
-    ix = batch["doc"]
-    ad = Adapter({m: jnp.take(a, ix, axis=1) for m, a in lora["A"].items()},
-                 {m: jnp.take(b, ix, axis=1) for m, b in lora["B"].items()}, jnp.full(ix.shape, scale, jnp.float32))
+    n_docs = next(iter(lora["A"].values())).shape[1]
+    ad = Adapter(lora["A"], lora["B"], jnp.full((n_docs,), scale, jnp.float32)).take(batch["doc"])
     seg = batch["seg"]
-    pos = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
-    logits = forward(params, cfg, batch["ids"], positions=pos, segment_ids=seg, adapter=ad, dtype=dtype)["logits"]
-    logp = jax.nn.log_softmax(jnp.take_along_axis(logits, batch["s_idx"][:, :, None], axis=1).astype(jnp.float32))
-    ce = -(batch["top_p"] * jnp.take_along_axis(logp, batch["top_i"], axis=-1)).sum(-1)      # [P, R]
+    logits = forward(params, cfg, batch["ids"], positions=segment_positions(seg), segment_ids=seg, adapter=ad,
+                     dtype=dtype)["logits"]
+    at = jnp.take_along_axis(logits, batch["s_idx"][:, :, None], axis=1)                     # [P, R, V]
+    ce = top_k_ce(at, batch["top_p"], batch["top_i"])                                        # [P, R]
     valid = batch["valid"]
     per_query = (ce * valid).sum(1) / jnp.maximum(valid.sum(1), 1.0)                         # [P]
     return (per_query * batch["query_weight"]).sum()

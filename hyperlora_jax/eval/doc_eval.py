@@ -101,7 +101,7 @@ def _run_one(system, m: str, examples: Sequence[DocExample], batch_size: int, ma
         for idx in ans.padded_batches(len(examples), batch_size):  # fixed shapes, as generation
             keep = len(dict.fromkeys(idx))  # distinct examples of this batch (the rest repeat the last one)
             a = system.d2l.make_adapter([examples[i].document for i in idx])
-            adapters.append(ans.rows_of(a, range(keep)) if keep < len(idx) else a)
+            adapters.append(a.take(range(keep)) if keep < len(idx) else a)
             chunks += np.asarray(system.d2l.last_batch.n_ctx_chunks).tolist()[:keep]
         adapter = stack_adapters(adapters) if len(adapters) > 1 else adapters[0]
         jax.block_until_ready(adapter.A)
@@ -115,7 +115,7 @@ def _run_one(system, m: str, examples: Sequence[DocExample], batch_size: int, ma
         qs = [list(e.cd_queries) if e.cd_queries else [e.prompt] for e in part]
         a, st = distill(params, cfg, tok, [e.document for e in part], qs, cd, batch_size=batch_size, dtype=dtype)
         keep = len(dict.fromkeys(idx))
-        adapters.append(ans.rows_of(a, range(keep)))
+        adapters.append(a.take(range(keep)))
         stats.append(st)
     adapter = stack_adapters(adapters) if len(adapters) > 1 else adapters[0]
     jax.block_until_ready(adapter.A)

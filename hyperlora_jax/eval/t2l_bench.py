@@ -112,7 +112,7 @@ def _loglik(system, prompts, rows, adapter, desc_idx, batch_size) -> tuple[list,
     sums, means = {}, {}
     for batch in ans.padded_batches(len(pairs), batch_size):
         part = [pairs[k] for k in batch]
-        ad = None if adapter is None else ans.rows_of(adapter, [desc_idx[i] for i, _ in part])
+        ad = None if adapter is None else adapter.take([desc_idx[i] for i, _ in part])
         lps = score(system.base_params, system.base_cfg, [prompts[i] for i, _ in part], [conts[k] for k in batch],
                     adapter=ad, dtype=system.dtype)
         for (i, j), lp in zip(part, lps):
@@ -155,7 +155,7 @@ def evaluate(system, rows: Sequence[dict], dataset: str, methods: Sequence[str],
         gen_idx = ff + (mc if mc_mode == "generate" else [])
         if gen_idx:
             texts = ans.generate_texts(system.base_params, system.base_cfg, system.tok, [prompts[i] for i in gen_idx],
-                                       adapter=ans.rows_of(adapter, [desc_idx[i] for i in gen_idx]),
+                                       adapter=None if adapter is None else adapter.take([desc_idx[i] for i in gen_idx]),
                                        max_new_tokens=max_new_tokens, batch_size=batch_size, dtype=system.dtype)
             for i, t in zip(gen_idx, texts):
                 r = rows[i]

@@ -99,14 +99,14 @@ class LoRABankMethod:
         return Adapter(A, B, jnp.full((slots.shape[0],), self.scale, jnp.float32))
 
     def loss(self, params, frozen, batch, rng):
-        from hyperlora_jax.methods.t2l import label_smoothed_ce
+        from hyperlora_jax.losses import next_token_row_ce
         from hyperlora_jax.model import forward, segment_positions
         tokens, seg = batch["tokens"], batch["segment_ids"]
         slots = batch["task_index"] if self.per_task else jnp.zeros(tokens.shape[0], jnp.int32)
         pos = segment_positions(seg)
         out = forward(frozen["base"], self.model_cfg, tokens, positions=pos, segment_ids=seg,
                       adapter=self.adapter(params, slots), dtype=self.dtype)
-        ce, n = label_smoothed_ce(out["logits"], tokens, batch["loss_mask"], 0.0)
+        ce, n = next_token_row_ce(out["logits"], tokens, batch["loss_mask"])
         return ce, {"loss": ce, "tokens": n}
 
     def data_iterator(self, process_index, process_count):

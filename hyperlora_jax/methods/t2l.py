@@ -44,7 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperlora_jax.data.iterators import IndexedBatchIterator, stack
-from hyperlora_jax.losses import adapter_l2, next_token_ce, row_mean
+from hyperlora_jax.losses import adapter_l2, next_token_row_ce
+from hyperlora_jax.neftune import neftune_noise
 from hyperlora_jax.t2l import hypernet as hn
 
 log = logging.getLogger("hyperlora_jax.methods.t2l")
@@ -194,25 +195,6 @@ def in_memory_source(method: "T2LMethod", data_cfg, seed: int) -> TaskData:
         return out
 
     return TaskData(example, None, descriptions, names, oracles)
-
-
-# ============================================================================================ losses (pure)
-def neftune_noise(x, rng, alpha: float):
-    """NEFTune: x + U(-alpha/sqrt(T*H), +alpha/sqrt(T*H)) with T the (padded) sequence length, H the hidden size."""
-    if alpha <= 0:
-        return x
-    mag = alpha / math.sqrt(x.shape[-2] * x.shape[-1])
-    return x + jax.random.uniform(rng, x.shape, jnp.float32, -mag, mag).astype(x.dtype)
-
-
-def label_smoothed_ce(logits, tokens, loss_mask, eps: float):
-    """Per-example mean over loss positions of torch-style label-smoothed CE, then mean over examples that have
-    loss positions. logits [B, T, V], tokens / loss_mask [B, T] (position t predicts token t+1)."""
-    m = loss_mask[:, :-1].astype(jnp.float32)
-    return row_mean(next_token_ce(logits, tokens, eps), m), m.sum()
-
-
-l2_generated = adapter_l2
 
 
 # ============================================================================================ the method
@@ -382,8 +364,8 @@ class T2LMethod:
         out = forward(base, c, None, embeddings=x, positions=pos, segment_ids=seg, adapter=adapter,
                       dtype=self.dtype, remat=self.config.get("remat", "none"),
                       lora_dropout=float(sc.get("lora_dropout", 0.0)), dropout_rng=jax.random.fold_in(rng, 1))
-        ce, n = label_smoothed_ce(out["logits"], tokens, batch["loss_mask"], float(sc.get("label_smoothing", 0.0)))
-        l2 = l2_generated(adapter)
+        ce, n = next_token_row_ce(out["logits"], tokens, batch["loss_mask"], float(sc.get("label_smoothing", 0.0)))
+        l2 = adapter_l2(adapter)
         loss = ce + float(sc.get("l2_reg_generated_w", 0.0)) * l2
         return loss, {"loss": loss, "ce": ce, "l2": l2, "tokens": n}
 

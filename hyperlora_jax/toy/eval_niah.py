@@ -41,9 +41,7 @@ def accuracy(params, cfg, tok, examples, mode: str, *, adapter=None, batch_size:
             prompts = [chat_ids(tok, e.question) for e in chunk]
         ad = None
         if adapter is not None:
-            from hyperlora_jax.lora import Adapter
-            ad = Adapter({m: a[:, s:s + len(chunk)] for m, a in adapter.A.items()},
-                         {m: b[:, s:s + len(chunk)] for m, b in adapter.B.items()}, adapter.scale[s:s + len(chunk)])
+            ad = adapter.take(range(s, s + len(chunk)))
         out = generate(params, cfg, prompts, adapter=ad, max_new_tokens=max_new_tokens,
                        stop_tokens=list(cfg.eos_token_ids) + [tok.eos_token_id])
         hits += answers_match(tok, out, chunk)

@@ -66,26 +66,11 @@ def eval_items(split: str, n_per_description: int, seed: int) -> list[Item]:
     return items
 
 
-def take_rows(adapter: Adapter, idx: Sequence[int]) -> Adapter:
-    """Adapter rows ``idx`` (batch axis 1 of A/B, axis 0 of scale)."""
-    ix = jnp.asarray(np.asarray(idx, np.int32))
-    return Adapter({m: jnp.take(a, ix, axis=1) for m, a in adapter.A.items()},
-                   {m: jnp.take(b, ix, axis=1) for m, b in adapter.B.items()}, jnp.take(adapter.scale, ix))
-
-
 def max_new_tokens(tok) -> int:
     """One generation length for every task and split (so one program compiles): the longest answer any task gives
     on a longest word, in tokens, plus the end token and one spare."""
     word = "bcdefa"[:st.MAX_LEN]
     return max(len(tok(st.apply_task(t, word), add_special_tokens=False)["input_ids"]) for t in st.TASK_NAMES) + 2
-
-
-def zero_adapter(like: Adapter, n: int) -> Adapter:
-    """n rows of an adapter shaped as ``like`` with B = 0 (exactly the base model), so the base model runs through
-    the same compiled program as the adapters."""
-    return Adapter({m: jnp.zeros((a.shape[0], n) + a.shape[2:], a.dtype) for m, a in like.A.items()},
-                   {m: jnp.zeros((b.shape[0], n) + b.shape[2:], b.dtype) for m, b in like.B.items()},
-                   jnp.zeros((n,), jnp.float32))
 
 
 def exact_match(params, cfg, tok, contents: Sequence[str], answers: Sequence[str], *, adapter: Adapter | None = None,
@@ -112,7 +97,7 @@ def exact_match(params, cfg, tok, contents: Sequence[str], answers: Sequence[str
         idx = list(range(s, min(s + batch_size, len(contents))))
         padded = idx + [idx[-1]] * (batch_size - len(idx))
         out = generate(params, cfg, [all_prompts[i] for i in padded], max_new_tokens=max_new, stop_tokens=stops,
-                       adapter=take_rows(adapter, padded) if adapter is not None else None, pad_to=longest)
+                       adapter=adapter.take(padded) if adapter is not None else None, pad_to=longest)
         for i, row in zip(idx, out):
             hits.append(tok.decode(row, skip_special_tokens=True).strip() == answers[i])
     return np.asarray(hits, bool)
@@ -147,13 +132,13 @@ def evaluate(params, cfg, tok, *, t2l_adapters: Callable[[list[Item]], Adapter] 
             t0 = time.perf_counter()
             if m == "base":   # through a zero adapter (= the base model): the adapters' compiled program
                 hits = exact_match(params, cfg, tok, words, answers, batch_size=batch_size,
-                                   adapter=zero_adapter(like, len(items)) if like is not None else None)
+                                   adapter=like.zeros_like(len(items)) if like is not None else None)
             elif m == "multitask_lora" and multi is not None:
                 from hyperlora_jax.methods.toy_strings import user_content
                 hits = exact_match(params, cfg, tok, [user_content(it.word, it.description) for it in items],
-                                   answers, adapter=take_rows(multi, [0] * len(items)), batch_size=batch_size)
+                                   answers, adapter=multi.take([0] * len(items)), batch_size=batch_size)
             elif m == "oracle_lora" and oracle is not None:
-                ad = take_rows(oracle, [st.TASK_NAMES.index(it.task) for it in items])
+                ad = oracle.take([st.TASK_NAMES.index(it.task) for it in items])
                 hits = exact_match(params, cfg, tok, words, answers, adapter=ad, batch_size=batch_size)
             elif m == "t2l" and t2l is not None:
                 hits = exact_match(params, cfg, tok, words, answers, adapter=t2l, batch_size=batch_size)

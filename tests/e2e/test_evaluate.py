@@ -252,7 +252,7 @@ def test_t2l_bench_tiny_fixtures(t2l_converted, tmp_path, capsys):
     prompts = [answering.chat_ids(system.tok, r["prompt"], system.system_turn) for r in rows]
     got, got_norm = t2l_bench._loglik(system, prompts, rows, adapter, idx, batch_size=8)
     for k, r in enumerate(rows):
-        one, one_norm = t2l_bench._loglik(system, [prompts[k]], [r], answering.rows_of(adapter, [idx[k]]), [0],
+        one, one_norm = t2l_bench._loglik(system, [prompts[k]], [r], adapter.take([idx[k]]), [0],
                                           batch_size=8)
         assert (one[0], one_norm[0]) == (got[k], got_norm[k])
 

@@ -118,7 +118,7 @@ def test_sft_lora_dropout_is_applied(method):
 
 
 def test_neftune_noise_magnitude():
-    from hyperlora_jax.methods.t2l import neftune_noise
+    from hyperlora_jax.neftune import neftune_noise
     x = jnp.zeros((2, 16, 64))
     n = np.asarray(neftune_noise(x, jax.random.PRNGKey(0), 5.0))
     bound = 5.0 / np.sqrt(16 * 64)

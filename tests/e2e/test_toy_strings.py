@@ -128,7 +128,6 @@ def test_shipped_assets_load_and_oracle_beats_base():
     from hyperlora_jax.lora import stack_adapters
     from hyperlora_jax.model import forward
     from hyperlora_jax.io.peft_io import import_peft
-    from hyperlora_jax.toy.eval_strings import zero_adapter
 
     base = st.strings_base_dir()
     cfg, params = load_model(base)
@@ -142,7 +141,7 @@ def test_shipped_assets_load_and_oracle_beats_base():
     oracle = stack_adapters([import_peft(st.oracle_lora_dir(task), cfg)] * len(pairs))
     fwd = jax.jit(lambda p, t, q, s, a: forward(p, cfg, t, positions=q, segment_ids=s, adapter=a)["logits"])
     lp_o, acc_o = _answer_scores(params, cfg, tok, pairs, oracle, fwd)
-    lp_b, acc_b = _answer_scores(params, cfg, tok, pairs, zero_adapter(oracle, len(pairs)), fwd)
+    lp_b, acc_b = _answer_scores(params, cfg, tok, pairs, oracle.zeros_like(len(pairs)), fwd)
     assert lp_o > lp_b + 0.5, (lp_o, lp_b)
     assert acc_o >= 0.75 and acc_o > acc_b, (acc_o, acc_b)
 

@@ -23,6 +23,35 @@ def test_token_ce_label_smoothing_matches_torch():
                                -np.asarray(losses.token_ce(LOGITS, TOK)), rtol=0, atol=0)
 
 
+def test_log_softmax32_and_pick_match_torch():
+    """float32 log-softmax of bf16 logits (torch on the same bf16 values cast to float32), then the id gather: 1e-6."""
+    bf = jnp.asarray(LOGITS, jnp.bfloat16)
+    got = losses.log_softmax32(bf)
+    assert got.dtype == jnp.float32
+    want = torch.log_softmax(torch.tensor(np.asarray(bf.astype(jnp.float32))), -1).numpy()
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
+    ids = rng.integers(0, 7, size=(2, 5, 3))
+    np.testing.assert_array_equal(np.asarray(losses.pick(got, ids)), np.take_along_axis(np.asarray(got), ids, -1))
+
+
+def test_next_token_row_ce_matches_torch():
+    """Per-example mean of torch's label-smoothed CE over the loss positions (loss_mask[t] = 1: token t+1 is a
+    target), then the mean over examples that have any; float32, 1e-6."""
+    loss_mask = np.array([[1, 0, 1, 1, 0], [0, 0, 0, 0, 1], [0, 1, 0, 0, 0]], np.float32)  # row 1: only the unused
+    logits = rng.normal(size=(3, 5, 7)).astype(np.float32)                                 # last column -> no loss
+    tok = rng.integers(0, 7, size=(3, 5))
+    for eps in (0.0, 0.1):
+        per_row = []
+        for b in range(3):
+            t = np.nonzero(loss_mask[b, :-1])[0]
+            if len(t):
+                per_row.append(torch.nn.functional.cross_entropy(torch.tensor(logits[b, t]), torch.tensor(tok[b, t + 1]),
+                                                                 label_smoothing=eps).item())
+        loss, n = losses.next_token_row_ce(logits, tok, loss_mask, eps)
+        np.testing.assert_allclose(float(loss), np.mean(per_row), rtol=1e-6, atol=1e-6)
+        assert float(n) == 4
+
+
 def test_reductions():
     v = rng.normal(size=(2, 5)).astype(np.float32)
     mean, count = losses.token_mean(v, MASK)
