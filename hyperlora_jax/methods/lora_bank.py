@@ -11,8 +11,8 @@ Per micro-batch: adapter rows = bank[task_index] (or bank[0]), loss = mean over 
 over response tokens (``loss_mask``), as T2L SFT without label smoothing.
 
 Data: the T2L sources (kind 't2l' of ``hyperlora_jax.data.sources``, given this method's ``ChatFormatter``; rows need
-``tokens``, ``loss_mask``, ``segment_ids``, ``task_index``). At the end (``final_evaluate``) row s is exported as a PEFT directory
-``WORKDIR/<lora.export_dir>/<task name>`` (per task) or ``WORKDIR/<lora.export_dir>`` (shared).
+``tokens``, ``loss_mask``, ``segment_ids``, ``task_index``). At the end (``final_evaluate``) row s is exported as a
+PEFT directory ``WORKDIR/<lora.export_dir>/<task name>`` (per task) or ``WORKDIR/<lora.export_dir>`` (shared).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The data-source registry (hyperlora_jax/data/sources.py): lookups, errors, and sources built from a formatter alone."""
+"""The data-source registry (hyperlora_jax/data/sources.py): lookups, errors, sources built from a formatter alone."""
 import ast
 import pathlib
 
