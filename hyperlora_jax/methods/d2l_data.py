@@ -69,4 +69,3 @@ def response_budget(data_cfg) -> int:
     if r < 1:
         raise ValueError(f"data.max_response_tokens must be >= 1, got {r}")
     return min(r, int(data_cfg.query_len) - 1)
-
