@@ -54,7 +54,7 @@ def real_config(name: str):
 
 def toy_config():
     from hyperlora_jax.config import ModelConfig
-    from hyperlora_jax.toy.assets import toy_base_dir
+    from hyperlora_jax.packaged import toy_base_dir
     return ModelConfig.from_pretrained(toy_base_dir())
 
 

@@ -152,7 +152,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     from hyperlora_jax.io.hf_load import load_model
     from hyperlora_jax.model import init_params
-    from hyperlora_jax.toy.assets import toy_base_dir
+    from hyperlora_jax.packaged import toy_base_dir
     print(f"backend {jax.default_backend()}; load {os.getloadavg()}", flush=True)
 
     tc, tp = load_model(toy_base_dir())

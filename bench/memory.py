@@ -97,7 +97,7 @@ def toy_rows(lengths=TOY_LENGTHS, chunk: int = TOY_CHUNK):
     from hyperlora_jax.d2l.internalize import internalize
     from hyperlora_jax.io.hf_load import load_model
     from hyperlora_jax.model import KVCache
-    from hyperlora_jax.toy.assets import toy_base_dir
+    from hyperlora_jax.packaged import toy_base_dir
 
     bc, bp = load_model(toy_base_dir())
     hc = C.hyper_config(bc, "toy")

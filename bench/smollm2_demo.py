@@ -24,7 +24,7 @@ def main():
     p.add_argument("--max-new-tokens", type=int, default=24)
     a = p.parse_args()
     from hyperlora_jax.d2l.api import DocToLoRA
-    from hyperlora_jax.methods.d2l_eval import adapter_bytes
+    from hyperlora_jax.toy.eval_d2l import adapter_bytes
 
     doc = open(a.document).read() if a.document else DOCUMENT
     qs = a.question or list(QUESTIONS)

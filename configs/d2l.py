@@ -29,9 +29,9 @@ Memory (model.*): chunk_group   chunks per context-encoder + hypernetwork call (
                   ~11% more FLOPs; worth it for many or long chunks per step)
 
 Data keys (data.*):
-  source          toy_niah (generated, toy preset) | d2l_qa | niah (prepared TFDS datasets, methods/d2l_sources.py)
-                  | fictional_facts (generated documents + questions, methods/d2l_facts.py: data.num_documents,
-                  facts_seed, min_facts, max_facts)
+  source          toy_niah (generated, toy preset, toy/niah_sources.py) | d2l_qa | niah (prepared TFDS datasets,
+                  methods/d2l_sources.py) | fictional_facts (generated documents + questions, toy/facts_source.py:
+                  data.num_documents, facts_seed, min_facts, max_facts, min_entities, max_entities)
   tfds_dir        directory the d2l_qa / niah dataset was prepared in with hyperlora_jax.data.tfds (array_record)
   tfds_name       builder[/config[/version]]; '' = d2l_qa (its default config) resp. niah/reference
   split           TFDS split string, e.g. train, train[:95%], train_32_128+train_128_256
@@ -87,7 +87,7 @@ def get_config(preset: str = "toy"):
     if preset == "toy":
         # per_layer_activations (the embedding-layer features carry the digits' identities), scaler_B starting at 1
         # and a one-chunk length curriculum: each is needed for the context path to switch on reliably at toy
-        # scale (see methods/d2l.py init_trainable and methods/d2l_data.py toy_niah); one chunk count per batch
+        # scale (see methods/d2l.py init_trainable and toy/niah_sources.py d2l_toy_niah); one chunk count per batch
         # (data.batch_chunk_count) so a step pays only for the chunk slots its documents use
         c.model.update(dict(ctx_encoder_type="per_layer_activations", r=8, latent_size=64, n_latent_queries=8,
                             num_blocks=2, n_heads=4, head_dim=16, num_kv_heads=2,

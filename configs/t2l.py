@@ -136,8 +136,7 @@ def _toy(c):
       python -m hyperlora_jax.train --config=configs/t2l.py:toy --workdir=/tmp/t2l_toy
 
     Measured: see the README's "Text-to-LoRA toy" table (2000 steps, ~5 min on 2 CPU cores)."""
-    from hyperlora_jax.packaged import minilm_dir
-    from hyperlora_jax.toy.assets import ASSETS
+    from hyperlora_jax.packaged import ASSETS, minilm_dir
     from hyperlora_jax.toy.string_tasks import LORA_ALPHA, LORA_RANK, LORA_TARGET_MODULES
     base = os.path.join(ASSETS, "toy_strings_base")
     c.seed = 0

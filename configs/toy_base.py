@@ -45,7 +45,7 @@ def _strings(c):
     """The string-task base (hyperlora_jax/assets/toy_strings_base): a 3-layer llama (hidden 96), same character
     tokenizer and chat template, pretrained on a mixture of all 40 toy string tasks (hyperlora_jax/toy/string_tasks.py)
     where the user turn is the bare word half of the time and ``task_tag(task) + word`` otherwise (``"07:"`` for
-    plain task 7, ``"U07:"`` for its capitals version; hyperlora_jax/methods/toy_strings.py). It has every skill,
+    plain task 7, ``"U07:"`` for its capitals version; hyperlora_jax/toy/string_sources.py). It has every skill,
     but given only a word it cannot know which one is wanted: that is the adapter's job (configs/toy_strings_lora.py,
     configs/t2l.py:toy).
 

@@ -25,7 +25,7 @@ import os
 import ml_collections
 
 from hyperlora_jax.config_defaults import trainer_defaults
-from hyperlora_jax.toy.assets import ASSETS
+from hyperlora_jax.packaged import ASSETS
 from hyperlora_jax.toy.string_tasks import LORA_ALPHA, LORA_RANK, LORA_TARGET_MODULES
 
 

@@ -131,7 +131,7 @@ def load_d2l(config, checkpoint: Optional[str] = None, step: Optional[int] = Non
 
 
 def _is_toy_base(path) -> bool:
-    from hyperlora_jax.toy.assets import toy_base_dir
+    from hyperlora_jax.packaged import toy_base_dir
     try:
         return path is not None and os.path.samefile(path, toy_base_dir())
     except OSError:

@@ -30,8 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperlora_jax.data.iterators import IndexedBatchIterator
+from hyperlora_jax.data.sources import get_evaluator, get_source
 from hyperlora_jax.losses import adapter_l1 as l1_of_adapter, kd_loss, row_mean as per_doc_mean, token_logprobs as logprobs_of
 from hyperlora_jax.model import forward, segment_positions
+from hyperlora_jax.packaged import toy_base_dir
 
 
 class D2LMethod:
@@ -42,7 +44,7 @@ class D2LMethod:
 
         self.config, self.mesh = config, mesh
         mc = config.model
-        base_dir = mc.base_model or _toy_base_dir()
+        base_dir = mc.base_model or toy_base_dir()
         self.base_dir = base_dir
         self.base_cfg, self.base_params = load_model(base_dir, mesh=mesh)  # each leaf straight into its shardings
         self.base_cfg = self.base_cfg.with_run_options(mc)
@@ -59,9 +61,7 @@ class D2LMethod:
             num_blocks=mc.num_blocks, num_pre_head_layers=mc.get("num_pre_head_layers", 1),
             n_heads=mc.n_heads, head_dim=mc.head_dim, num_key_value_heads=mc.num_kv_heads)
         self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
-        from hyperlora_jax.methods.d2l_data import BATCH_CHUNK_COUNT_SOURCES, SOURCES
-        import hyperlora_jax.methods.d2l_sources  # noqa: F401  (registers the tfds sources d2l_qa, niah)
-        import hyperlora_jax.methods.d2l_facts  # noqa: F401  (registers the generated source fictional_facts)
+        from hyperlora_jax.methods.d2l_data import BATCH_CHUNK_COUNT_SOURCES, D2LFormatter
         if config.data.get("batch_chunk_count", False) and config.data.source not in BATCH_CHUNK_COUNT_SOURCES:
             raise ValueError(f"data.batch_chunk_count is not supported by data source {config.data.source!r} "
                              f"(supported: {', '.join(sorted(BATCH_CHUNK_COUNT_SOURCES))})")
@@ -75,9 +75,11 @@ class D2LMethod:
                 raise ValueError(f"batch_size {config.batch_size} must be a multiple of data.pack_docs {docs} x "
                                  f"grad_accum_steps {accum} x {jax.process_count()} processes (every micro-batch "
                                  "holds whole packed rows)")
-        if config.data.source not in SOURCES:
-            raise ValueError(f"unknown d2l data source {config.data.source!r} (known: {', '.join(sorted(SOURCES))})")
-        self.example, self.size = SOURCES[config.data.source](self, config.data, config.seed)
+        source = get_source("d2l", config.data.source)
+        fmt = D2LFormatter(tok=self.tok, affixes=self.affixes, chunk_len=self.chunk_len,
+                           vocab_size=int(self.base_cfg.vocab_size), batch_size=int(config.batch_size),
+                           loss_kind=config.loss.kind)
+        self.example, self.size = source(fmt, config.data, config.seed)
 
     @classmethod
     def without_data(cls, config, base_cfg, hyper_cfg, base_params, layer_idx=None):
@@ -207,10 +209,10 @@ class D2LMethod:
         return 4.0 * self.base_cfg.num_params() * batch_tokens
 
     def final_evaluate(self, hyper_params, frozen, workdir):
+        """With ``eval.lengths`` set: the toy NIAH table (the d2l evaluator 'toy_niah', ``toy/eval_d2l.py``)."""
         if not self.config.get("eval") or not self.config.eval.get("lengths"):
             return None
-        from hyperlora_jax.methods.d2l_eval import evaluate_niah
-        return evaluate_niah(self, jax.device_get(hyper_params), workdir)
+        return get_evaluator("d2l", "toy_niah")(self, jax.device_get(hyper_params), frozen, workdir)
 
 
 def _divisor(n: int, g: int) -> int:
@@ -219,8 +221,3 @@ def _divisor(n: int, g: int) -> int:
     while n % g:
         g -= 1
     return g
-
-
-def _toy_base_dir() -> str:
-    from hyperlora_jax.toy.assets import toy_base_dir
-    return toy_base_dir()

@@ -1,4 +1,6 @@
-"""Example sources of the ``d2l`` method: ``source(i) -> dict`` of fixed-shape arrays (a pure function of (seed, i)).
+"""What the ``d2l`` method's data sources share: the formatter they build examples with, the response positions and
+the batch collation. A source (``hyperlora_jax.data.sources``, kind 'd2l') is ``fn(D2LFormatter, data_cfg, seed) ->
+(example(i) -> dict of fixed-shape arrays, size or None)``, a pure function of (seed, i).
 
 Every example holds one document as ``data.max_chunks`` chunk slots [K, T] (unused slots all padding, with
 ``n_chunks`` the number used) and one chat-templated query turn + response [Tq] with the loss on the response.
@@ -10,17 +12,32 @@ slot count is the same on every host because it is a function of the global batc
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 
-SOURCES = {}
 BATCH_CHUNK_COUNT_SOURCES = {"toy_niah"}  # sources that can draw one chunk count per global batch
 
 
-def source(name):
-    def deco(fn):
-        SOURCES[name] = fn
-        return fn
-    return deco
+@dataclasses.dataclass(frozen=True)
+class D2LFormatter:
+    """What a d2l source needs from the method (built by ``D2LMethod``): the base model's tokenizer and chunking.
+
+    tok          Hugging Face tokenizer of the base model (with its chat template)
+    affixes      ``d2l.context.Affixes``: template ids re-added around every chunk
+    chunk_len    T of the chunk slots [K, T]: ``data.chunk_tokens`` + |affixes| (the longest chunk)
+    vocab_size   the base model's vocabulary (token ids of pre-tokenised data must be below it)
+    batch_size   global batch size in documents (sources drawing one chunk count per global batch)
+    loss_kind    ``loss.kind``: 'ce', or 'kd' (examples then carry the teacher row)
+    """
+
+    tok: Any
+    affixes: Any
+    chunk_len: int
+    vocab_size: int
+    batch_size: int
+    loss_kind: str
 
 
 def collate(examples: list, trim_slots: bool = False) -> dict:
@@ -32,35 +49,6 @@ def collate(examples: list, trim_slots: bool = False) -> dict:
         k = max(int(batch["n_chunks"].max()), 1)
         batch["ctx_ids"], batch["ctx_mask"] = batch["ctx_ids"][:, :k], batch["ctx_mask"][:, :k]
     return batch
-
-
-def chunk_slots(method, document: str, max_chunks: int):
-    """(ids [K, T], mask [K, T], n_chunks) of a document chunked as in internalization, padded to K slots."""
-    from hyperlora_jax.d2l.context import chunk_ids, tokenize_document
-    chunks = chunk_ids(tokenize_document(method.tok, document), method.config.data.chunk_tokens, method.affixes)
-    if len(chunks) > max_chunks:
-        raise ValueError(f"document needs {len(chunks)} chunks > data.max_chunks {max_chunks}")
-    ids = np.zeros((max_chunks, method.chunk_len), np.int32)
-    mask = np.zeros((max_chunks, method.chunk_len), np.int32)
-    for i, c in enumerate(chunks):
-        ids[i, :len(c)] = c
-        mask[i, :len(c)] = 1
-    return ids, mask, len(chunks)
-
-
-def query_row(method, question: str, answer: str, length: int):
-    """(tokens, loss_mask, segment_ids) [length] of ``chat(question)`` + answer + end of turn; loss on the answer."""
-    from hyperlora_jax.toy.eval_niah import chat_ids
-    prompt = chat_ids(method.tok, question)
-    ans = list(method.tok(answer + method.tok.eos_token, add_special_tokens=False)["input_ids"])
-    ids = prompt + ans
-    if len(ids) > length:
-        raise ValueError(f"query of {len(ids)} tokens exceeds data.query_len {length}")
-    tokens = np.zeros(length, np.int32)
-    tokens[:len(ids)] = ids
-    mask = np.zeros(length, np.float32)
-    mask[len(prompt) - 1:len(ids) - 1] = 1.0
-    return tokens, mask, (np.arange(length) < len(ids)).astype(np.int32)
 
 
 def response_index(loss_mask, r: int):
@@ -81,56 +69,3 @@ def response_budget(data_cfg) -> int:
     if r < 1:
         raise ValueError(f"data.max_response_tokens must be >= 1, got {r}")
     return min(r, int(data_cfg.query_len) - 1)
-
-
-SHORTEST_DOC = 26  # characters: the 25-character needle plus one
-CURRICULUM_START = 40  # longest document (characters) at the start of the toy curriculum
-
-
-@source("toy_niah")
-def toy_niah(method, data_cfg, seed: int):
-    """Toy NIAH documents of 1..max_chunks chunks (``data.chunk_probs``), CE on the 4-digit answer.
-
-    Length curriculum (``data.curriculum_examples`` = N > 0): stream positions i < N hold one-chunk documents whose
-    length is drawn from [26, hi(i)], hi growing linearly from 40 characters to a full chunk; the needle then starts
-    as a large part of the document, which is what lets the hypernetwork's context path switch on at toy scale
-    (without it the run sits at the answer-prior plateau). Positions >= N use ``data.chunk_probs``. Still a pure
-    function of (seed, i), so resumed runs see the same examples.
-    """
-    from hyperlora_jax.toy.niah import make_example
-    probs = np.asarray(data_cfg.chunk_probs, np.float64)
-    probs = probs / probs.sum()
-    c = data_cfg.chunk_tokens
-    overhead = len(method.affixes)
-    lo = max(data_cfg.get("min_doc_len", 32), SHORTEST_DOC)
-    warm = int(data_cfg.get("curriculum_examples", 0))
-    full = c - overhead
-    if warm and full < CURRICULUM_START:
-        raise ValueError(f"data.chunk_tokens {c} leaves {full} characters per chunk; the curriculum needs "
-                         f">= {CURRICULUM_START}")
-
-    per_batch = bool(data_cfg.get("batch_chunk_count", False))
-    g = int(method.config.batch_size)
-    r = response_budget(data_cfg)
-
-    def example(i):
-        rng = np.random.default_rng([seed, i, 11])
-        if (i // g * g if per_batch else i) < warm:
-            hi = min(int(round(CURRICULUM_START + (full - CURRICULUM_START) * i / warm)), full)
-            n, length = 1, int(rng.integers(SHORTEST_DOC, hi + 1))
-        else:
-            if per_batch:
-                n = int(np.random.default_rng([seed, i // g, 13]).choice(len(probs), p=probs)) + 1
-            else:
-                n = int(rng.choice(len(probs), p=probs)) + 1
-            hi = n * c - overhead
-            length = int(rng.integers(max(lo, (n - 1) * c - overhead + 1), max(hi, lo) + 1))
-        ex = make_example(seed + 1000, i, length)
-        ids, mask, k = chunk_slots(method, ex.document, data_cfg.max_chunks)
-        tokens, loss_mask, seg = query_row(method, ex.question, ex.answer, data_cfg.query_len)
-        resp = response_index(loss_mask, r)
-        if resp is None:
-            raise ValueError(f"toy answer of {int(loss_mask.sum())} tokens exceeds data.max_response_tokens {r}")
-        return {"ctx_ids": ids, "ctx_mask": mask, "n_chunks": np.int32(k), "tokens": tokens, "loss_mask": loss_mask,
-                "segment_ids": seg, "student_idx": resp[0], "resp_valid": resp[1]}
-    return example, None

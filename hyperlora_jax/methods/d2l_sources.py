@@ -59,7 +59,8 @@ import os
 
 import numpy as np
 
-from hyperlora_jax.methods.d2l_data import response_budget, response_index, source
+from hyperlora_jax.data.sources import register_source
+from hyperlora_jax.methods.d2l_data import D2LFormatter, response_budget, response_index
 
 log = logging.getLogger(__name__)
 
@@ -154,20 +155,20 @@ def split_chunks(ids, n: int, affixes) -> list:
 class TFDSExamples:
     """``example(i)`` of a prepared d2l_qa / niah split; see the module docstring."""
 
-    def __init__(self, method, data_cfg, seed: int, source_name: str):
+    def __init__(self, fmt: D2LFormatter, data_cfg, seed: int, source_name: str):
         from hyperlora_jax.d2l.context import check_chunk_tokens
         from hyperlora_jax.data.iterators import ExampleStream
         from hyperlora_jax.data.stats import DataStats
         from hyperlora_jax.data.tokenize import ChatTokenizer, D2LTokenizeConfig, D2LTokenizer
 
-        self.method, self.seed = method, int(seed)
-        self.kd = method.config.loss.kind == "kd"
-        if method.config.loss.kind not in ("ce", "kd"):
-            raise ValueError(f"unknown loss.kind {method.config.loss.kind!r} (ce, kd)")
-        self.affixes = method.affixes
+        self.seed = int(seed)
+        self.kd = fmt.loss_kind == "kd"
+        if fmt.loss_kind not in ("ce", "kd"):
+            raise ValueError(f"unknown loss.kind {fmt.loss_kind!r} (ce, kd)")
+        self.affixes = fmt.affixes
         self.chunk_tokens = check_chunk_tokens(int(data_cfg.chunk_tokens), self.affixes)
         self.max_chunks = int(data_cfg.max_chunks)
-        self.chunk_len = int(method.chunk_len)
+        self.chunk_len = int(fmt.chunk_len)
         self.min_chunk_tokens = int(data_cfg.get("min_chunk_tokens", 25))
         self.probs = tuple(float(p) for p in data_cfg.get("chunk_probs", (1.0,)))
         self.query_len = int(data_cfg.query_len)
@@ -188,13 +189,13 @@ class TFDSExamples:
         self.records = self.open_records(data_cfg, source_name)
         self.n = len(self.records)
         self.stream = ExampleStream(self.n, self.seed, shuffle=True)
-        self.chat = ChatTokenizer(method.tok)
+        self.chat = ChatTokenizer(fmt.tok)
         self.tokenizer = D2LTokenizer(self.chat, D2LTokenizeConfig(
             max_ctx_len=1 << 62, ctx_overflow="chunk", chunker=self._chunker, chunk_always=True,
             max_qas_len=self.query_len, max_qas_per_sample=1, top_k=0))
-        self.sep_ids = [int(t) for t in method.tok(TEACHER_SEP, add_special_tokens=False)["input_ids"]]
+        self.sep_ids = [int(t) for t in fmt.tok(TEACHER_SEP, add_special_tokens=False)["input_ids"]]
         self.stats = DataStats()
-        self.vocab = int(method.base_cfg.vocab_size)
+        self.vocab = int(fmt.vocab_size)
         self.calls = 0
         self.source_name = source_name
 
@@ -341,13 +342,13 @@ class TFDSExamples:
 
 
 def _make(name):
-    def build(method, data_cfg, seed: int):
-        ex = TFDSExamples(method, data_cfg, seed, name)
+    def build(fmt: D2LFormatter, data_cfg, seed: int):
+        ex = TFDSExamples(fmt, data_cfg, seed, name)
         return ex, None  # an infinite stream: TFDSExamples shuffles per epoch itself (see the module docstring)
     build.__name__ = name
     build.__doc__ = f"Prepared TFDS {name!r} split (data.tfds_dir / tfds_name / split); see d2l_sources."
     return build
 
 
-source("d2l_qa")(_make("d2l_qa"))
-source("niah")(_make("niah"))
+register_source("d2l", "d2l_qa")(_make("d2l_qa"))
+register_source("d2l", "niah")(_make("niah"))

@@ -4,7 +4,8 @@ Used to pretrain the toy base model and as the simplest plug-in of the trainer. 
   model.hf_config   dict: a Hugging Face style config.json of a supported family (random init), or
   model.init_from   path of a HF directory to start from
   data.source       'copy' (synthetic: random tokens, then the same tokens again; loss on the copy) or another
-                    registered source name; data.seq_len, data.vocab_low
+                    source of kind 'lm' (``hyperlora_jax.data.sources``, e.g. the toy worlds' 'toy_niah',
+                    'toy_strings'); data.seq_len, data.vocab_low
 """
 from __future__ import annotations
 
@@ -14,20 +15,12 @@ import numpy as np
 
 from hyperlora_jax.config import ModelConfig
 from hyperlora_jax.data.iterators import IndexedBatchIterator, stack
+from hyperlora_jax.data.sources import get_source, register_source
 from hyperlora_jax.losses import next_token_ce, token_mean
 from hyperlora_jax.model import forward, init_params, segment_positions
 
-SOURCES = {}
 
-
-def source(name):
-    def deco(fn):
-        SOURCES[name] = fn
-        return fn
-    return deco
-
-
-@source("copy")
+@register_source("lm", "copy")
 def copy_source(cfg: ModelConfig, data_cfg, seed: int):
     """Example i: [bos, x_1..x_n, sep, x_1..x_n] with loss on the second half; a pure function of (seed, i)."""
     n = (data_cfg.seq_len - 2) // 2
@@ -62,7 +55,6 @@ class LMMethod:
         self.model_cfg = self.model_cfg.with_run_options(mc)
         self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
         self.tokenizer_dir = config.data.get("tokenizer", "")
-        import hyperlora_jax.methods.toy_strings  # noqa: F401  (registers the 'toy_strings' source)
         if not self.tokenizer_dir and config.data.source in ("toy_niah", "toy_strings"):
             import tempfile
 
@@ -70,10 +62,7 @@ class LMMethod:
             self.tokenizer_dir = tempfile.mkdtemp(prefix="hyperlora-tok-")
             build_char_tokenizer(self.tokenizer_dir)
             config.data.tokenizer = self.tokenizer_dir
-        name = config.data.source
-        if name not in SOURCES:
-            raise ValueError(f"unknown data source {name!r} (known: {', '.join(sorted(SOURCES))})")
-        self.example, self.size = SOURCES[name](self.model_cfg, config.data, config.seed)
+        self.example, self.size = get_source("lm", config.data.source)(self.model_cfg, config.data, config.seed)
 
     def fingerprint(self):
         c = self.model_cfg
@@ -123,34 +112,3 @@ class LMMethod:
         save_pretrained(jax.device_get(params), dict(self.config.model.hf_config), out,
                         extra_files=[("tokenizer", tokenizer_files)])
         return {"export_dir": out}
-
-
-@source("toy_niah")
-def toy_niah_source(cfg: ModelConfig, data_cfg, seed: int):
-    """Chat-formatted toy NIAH: user = document + question, assistant = the number. Loss on the document (weight
-    ``data.doc_loss_weight``) and on the answer (weight 1). Document lengths are uniform in
-    [data.min_doc_len, data.max_doc_len]; rows are right-padded to data.seq_len."""
-    from transformers import AutoTokenizer
-
-    from hyperlora_jax.toy.niah import make_example
-    tok = AutoTokenizer.from_pretrained(data_cfg.tokenizer)
-    doc_w = float(data_cfg.get("doc_loss_weight", 0.1))
-
-    def example(i):
-        rng = np.random.default_rng([seed, i, 7])
-        length = int(rng.integers(data_cfg.min_doc_len, data_cfg.max_doc_len + 1))
-        ex = make_example(seed, i, length)
-        prompt = tok.apply_chat_template([{"role": "user", "content": ex.document + "\n\n" + ex.question}],
-                                         add_generation_prompt=True, tokenize=True, return_dict=False)
-        answer = tok(ex.answer + tok.eos_token, add_special_tokens=False)["input_ids"]
-        ids = list(prompt) + list(answer)
-        if len(ids) > data_cfg.seq_len:
-            raise ValueError(f"toy_niah example of {len(ids)} tokens exceeds seq_len {data_cfg.seq_len}")
-        n = len(ids)
-        tokens = np.zeros(data_cfg.seq_len, np.int32)
-        tokens[:n] = ids
-        mask = np.zeros(data_cfg.seq_len, np.float32)
-        mask[:len(prompt) - 1] = doc_w                 # predicting the document/question tokens
-        mask[len(prompt) - 1:n - 1] = 1.0              # predicting the answer and eos
-        return {"tokens": tokens, "loss_mask": mask, "segment_ids": (np.arange(data_cfg.seq_len) < n).astype(np.int32)}
-    return example, None

@@ -10,9 +10,9 @@ bank axis first); A starts as PEFT's ``lora_A`` (U(+-1/sqrt(d_in))), B at zero, 
 Per micro-batch: adapter rows = bank[task_index] (or bank[0]), loss = mean over examples of the mean next-token CE
 over response tokens (``loss_mask``), as T2L SFT without label smoothing.
 
-Data: the T2L source registry (``hyperlora_jax.methods.t2l.SOURCES``, rows need ``tokens``, ``loss_mask``,
-``segment_ids``, ``task_index``). At the end (``final_evaluate``) row s is exported as a PEFT directory
-``WORKDIR/<lora.export_dir>/<task name>`` (per task) or ``WORKDIR/<lora.export_dir>`` (shared).
+Data: the T2L sources (kind 't2l' of ``hyperlora_jax.data.sources``, given this method's ``ChatFormatter``; rows need
+``tokens``, ``loss_mask``, ``segment_ids``, ``task_index``). At the end (``final_evaluate``) row s is exported as a
+PEFT directory ``WORKDIR/<lora.export_dir>/<task name>`` (per task) or ``WORKDIR/<lora.export_dir>`` (shared).
 """
 from __future__ import annotations
 
@@ -24,20 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperlora_jax.data.iterators import IndexedBatchIterator, stack
+from hyperlora_jax.data.sources import get_evaluator, get_source
 from hyperlora_jax.lora import Adapter
 
 log = logging.getLogger("hyperlora_jax.methods.lora_bank")
 
 
 class LoRABankMethod:
-    mode = "sft"  # the T2L sources build SFT rows for a method with this mode
-
     def __init__(self, config, mesh):
         from transformers import AutoTokenizer
 
-        import hyperlora_jax.methods.toy_strings  # noqa: F401  (registers the 'toy_strings' source)
         from hyperlora_jax.config import ModelConfig
-        from hyperlora_jax.methods.t2l import SOURCES, ChatFormatter
+        from hyperlora_jax.methods.t2l import ChatFormatter
 
         self.config, self.mesh = config, mesh
         lc = config.lora
@@ -47,10 +45,7 @@ class LoRABankMethod:
         tok = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         self.tok = tok
         self.format_pair = ChatFormatter(tok, config.data.seq_len, config.data.get("system_turn", False))
-        name = config.data.source
-        if name not in SOURCES:
-            raise ValueError(f"unknown data source {name!r} (known: {', '.join(sorted(SOURCES))})")
-        self.data = SOURCES[name](self, config.data, int(config.seed))
+        self.data = get_source("t2l", config.data.source)(self.format_pair, config.data, int(config.seed))
         shapes = self.model_cfg.projection_shapes()
         self.modules = tuple(lc.target_modules)
         bad = [m for m in self.modules if m not in shapes]
@@ -118,8 +113,9 @@ class LoRABankMethod:
         return 4.0 * self.model_cfg.num_params() * batch_tokens
 
     def final_evaluate(self, params, frozen, workdir):
-        """Exports every bank row as a PEFT directory; with ``eval.n`` > 0 also prints a quick exact-match check
-        (``hyperlora_jax.toy.eval_strings.quick_bank_check``) for the toy string source."""
+        """Exports every bank row as a PEFT directory, then runs the data source's registered lora evaluator if any
+        (``data.sources.register_evaluator``; the toy string source's: with ``eval.n`` > 0 a quick exact-match
+        check, ``hyperlora_jax.toy.eval_strings.quick_bank_check``)."""
         if jax.process_index() != 0:
             return None
         from hyperlora_jax.io.peft_io import export_peft
@@ -136,8 +132,8 @@ class LoRABankMethod:
                         overwrite=True)
             dirs.append(out)
         result = {"export_dirs": dirs}
-        n = int(self.config.get("eval", {}).get("n", 0) or 0)
-        if n and self.config.data.source == "toy_strings":
-            from hyperlora_jax.toy.eval_strings import quick_bank_check
-            result["accuracy"] = quick_bank_check(self, params, n)
+        fn = get_evaluator("lora", self.config.data.source)
+        accuracy = fn(self, params, frozen, workdir) if fn is not None else None
+        if accuracy is not None:
+            result["accuracy"] = accuracy
         return result

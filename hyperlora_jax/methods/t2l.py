@@ -16,13 +16,14 @@ Reconstruction (``t2l.mode = 'recon'``, spec §8): targets are per-task oracle L
   delta_w:      L1(A^T B, scaling * A_t^T B_t) averaged over modules (``recon.delta_w_scaling``, spec: 10000)
   Heads start from torch's default init (U(+-1/sqrt(head_in)), no zero/HyperInit), as the reference's recon runs.
 
-Data: a *source* is ``build(method, data_cfg, seed) -> TaskData`` registered in ``SOURCES`` (``register_source``).
+Data: a *source* is ``build(formatter, data_cfg, seed) -> TaskData``, registered as kind 't2l' in
+``hyperlora_jax.data.sources`` (formatter: the method's ``ChatFormatter`` for SFT, None for reconstruction).
 ``TaskData`` = (example(i) -> dict, size (None = endless), descriptions (all texts, embedded once at startup; examples
 refer to them by ``desc_index``), task_names, oracle_dirs). Example dicts hold ``desc_index``, ``task_index`` and for
 SFT ``tokens``, ``loss_mask`` (position t is in the loss iff token t+1 is a response token), ``segment_ids``
 (1 = real token, 0 = padding), all fixed-length (``data.seq_len``). The built-in ``in_memory`` source takes tasks
 from the config (``data.tasks``: {name: {descriptions, examples: ((prompt, response), ...), oracle_lora}}) or a JSON
-file (``data.tasks_file``, same mapping), tokenised with the base tokenizer's chat template (``method.format_pair``)
+file (``data.tasks_file``, same mapping), tokenised with the base tokenizer's chat template (the ``ChatFormatter``)
 and sampled as the reference's hierarchical sampler: each "epoch" is a permutation of the tasks cut into groups of
 ``data.n_tasks_per_batch`` distinct tasks, one random example and one random description per task; a pure function
 of (seed, i), so a global batch equal to ``n_tasks_per_batch`` holds distinct tasks.
@@ -44,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperlora_jax.data.iterators import IndexedBatchIterator, stack
+from hyperlora_jax.data.sources import get_evaluator, get_source, register_source
 from hyperlora_jax.losses import adapter_l2, next_token_row_ce
 from hyperlora_jax.neftune import neftune_noise
 from hyperlora_jax.t2l import hypernet as hn
@@ -64,25 +66,7 @@ class TaskData:
     oracle_dirs: list[str | None]
 
 
-SOURCES: dict[str, Callable] = {}
 _EMB_CACHE: dict = {}  # the last (encoder, descriptions) -> embeddings, so a re-built method skips the encoder
-
-
-def register_source(name: str):
-    def deco(fn):
-        SOURCES[name] = fn
-        return fn
-    return deco
-
-
-EVALUATORS: dict[str, Callable] = {}  # source name -> fn(method, trainable, frozen, workdir) run after training
-
-
-def register_evaluator(name: str):
-    def deco(fn):
-        EVALUATORS[name] = fn
-        return fn
-    return deco
 
 
 # ============================================================================================ tokenisation helpers
@@ -161,13 +145,14 @@ def hierarchical_index(i: int, n_tasks: int, group: int, seed: int) -> tuple[int
     return int(perm[j]), np.random.default_rng([seed, epoch, j, 1])
 
 
-@register_source("in_memory")
-def in_memory_source(method: "T2LMethod", data_cfg, seed: int) -> TaskData:
+@register_source("t2l", "in_memory")
+def in_memory_source(fmt: ChatFormatter | None, data_cfg, seed: int) -> TaskData:
+    """Tasks of ``data.tasks`` / ``data.tasks_file`` (module docstring); SFT rows through ``fmt`` unless it is None."""
     tasks = _load_tasks(data_cfg)
     names = list(tasks)
     n_desc_cap = int(data_cfg.get("n_descs_per_task", 0) or 0)
     descriptions, offsets, n_descs, examples, oracles = [], [], [], [], []
-    sft = method.mode == "sft"
+    sft = fmt is not None
     for name in names:
         t = tasks[name]
         descs = [str(d) for d in (t.get("descriptions") or ())]
@@ -182,7 +167,7 @@ def in_memory_source(method: "T2LMethod", data_cfg, seed: int) -> TaskData:
             pairs = [tuple(p) for p in (t.get("examples") or ())]
             if not pairs:
                 raise ValueError(f"t2l task {name!r} has no (prompt, response) examples")
-            examples.append([method.format_pair(p, r) for p, r in pairs])
+            examples.append([fmt(p, r) for p, r in pairs])
         oracles.append(t.get("oracle_lora") or None)
     group = int(data_cfg.get("n_tasks_per_batch", 8))
 
@@ -222,11 +207,8 @@ class T2LMethod:
                     template = f.read()
             self.format_pair = ChatFormatter(tok, config.data.seq_len, config.data.get("system_turn", True),
                                              template)
-        import hyperlora_jax.methods.toy_strings  # noqa: F401  (registers the 'toy_strings' source)
-        name = config.data.get("source", "in_memory")
-        if name not in SOURCES:
-            raise ValueError(f"unknown t2l data source {name!r} (known: {', '.join(sorted(SOURCES))})")
-        self.data = SOURCES[name](self, config.data, int(config.seed))
+        source = get_source("t2l", config.data.get("source", "in_memory"))
+        self.data = source(self.format_pair if self.mode == "sft" else None, config.data, int(config.seed))
         self.task_embs = self._task_embeddings(self.data.descriptions)
 
         shapes = self.model_cfg.projection_shapes()
@@ -405,8 +387,8 @@ class T2LMethod:
         return loss, metrics
 
     def final_evaluate(self, trainable, frozen, workdir):
-        """The data source's registered evaluation (``register_evaluator``), if any, on process 0."""
-        fn = EVALUATORS.get(self.config.data.get("source", "in_memory"))
+        """The data source's registered t2l evaluator (``data.sources.register_evaluator``), if any, on process 0."""
+        fn = get_evaluator("t2l", self.config.data.get("source", "in_memory"))
         if fn is None or jax.process_index() != 0:
             return None
         return fn(self, trainable, frozen, workdir)

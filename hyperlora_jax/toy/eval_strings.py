@@ -134,7 +134,7 @@ def evaluate(params, cfg, tok, *, t2l_adapters: Callable[[list[Item]], Adapter] 
                 hits = exact_match(params, cfg, tok, words, answers, batch_size=batch_size,
                                    adapter=like.zeros_like(len(items)) if like is not None else None)
             elif m == "multitask_lora" and multi is not None:
-                from hyperlora_jax.methods.toy_strings import user_content
+                from hyperlora_jax.toy.string_sources import user_content
                 hits = exact_match(params, cfg, tok, [user_content(it.word, it.description) for it in items],
                                    answers, adapter=multi.take([0] * len(items)), batch_size=batch_size)
             elif m == "oracle_lora" and oracle is not None:
@@ -177,7 +177,7 @@ def evaluate_t2l_run(method, trainable, workdir: str) -> dict:
     run's hypernetwork for the precomputed MiniLM embeddings of the evaluated descriptions; oracle and multi-task
     LoRAs from ``eval.oracle_dir`` / ``eval.multitask_dir`` (the shipped ones by default). Writes
     WORKDIR/eval/results.json and prints the table."""
-    from hyperlora_jax.methods.toy_strings import description_table
+    from hyperlora_jax.toy.string_sources import description_table
     ec = method.config.eval
     _, table = description_table()
     emb = np.asarray(method.task_embs)
@@ -203,7 +203,7 @@ def evaluate_t2l_run(method, trainable, workdir: str) -> dict:
 def quick_bank_check(method, params, n: int, seed: int = 99) -> dict:
     """Exact match of a trained ``lora`` bank on ``n`` fresh words per task (user turn as in its training data);
     prints and returns {task: accuracy} (per-task bank) or {"all": accuracy}."""
-    from hyperlora_jax.methods.toy_strings import user_content
+    from hyperlora_jax.toy.string_sources import user_content
     names = method.data.task_names
     texts = st.DESCRIPTIONS
     in_prompt = bool(method.config.data.get("description_in_prompt", False))

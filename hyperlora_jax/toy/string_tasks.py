@@ -26,7 +26,7 @@ Splits (fixed, documented by ``HELDOUT_TASKS`` and ``N_HELDOUT_DESCRIPTIONS``):
     (``train_descriptions`` / ``heldout_descriptions``).
 
 ``task_tag(task)`` is the factorised tag the string base is pretrained with (``"07:"`` for plain task 7,
-``"U07:"`` for its capital-letters version; methods/toy_strings.py).
+``"U07:"`` for its capital-letters version; toy/string_sources.py).
 """
 from __future__ import annotations
 
@@ -455,7 +455,7 @@ _check()
 
 # ============================================================================================ shipped checkpoints
 def _asset(*parts: str, marker: str) -> str:
-    from hyperlora_jax.toy.assets import ASSETS
+    from hyperlora_jax.packaged import ASSETS
     path = os.path.join(ASSETS, *parts)
     if not os.path.isfile(os.path.join(path, marker)):
         raise FileNotFoundError(f"{path} is missing from the package (or lacks {marker}); reinstall hyperlora_jax")

@@ -4,7 +4,7 @@ import os
 from transformers import AutoTokenizer
 
 from hyperlora_jax.io.hf_load import load_model
-from hyperlora_jax.toy.assets import toy_base_dir
+from hyperlora_jax.packaged import toy_base_dir
 from hyperlora_jax.toy.eval_niah import accuracy, examples_for_length
 
 

@@ -175,7 +175,7 @@ def test_base_pretraining_source_rows():
     import ml_collections
     from transformers import AutoTokenizer
 
-    from hyperlora_jax.methods.toy_strings import lm_toy_strings
+    from hyperlora_jax.toy.string_sources import lm_toy_strings
     c = _config("toy_base", "strings")
     tok = AutoTokenizer.from_pretrained(st.strings_base_dir())
     example, _ = lm_toy_strings(None, ml_collections.ConfigDict(dict(c.data, tokenizer=st.strings_base_dir())), 3)
@@ -195,10 +195,8 @@ def test_base_pretraining_source_rows():
 
 
 def test_toy_source_rejects_unknown_task_set():
-    from types import SimpleNamespace
-
     import ml_collections
 
-    from hyperlora_jax.methods.toy_strings import t2l_toy_strings
+    from hyperlora_jax.toy.string_sources import t2l_toy_strings
     with pytest.raises(ValueError, match="data.tasks must be 'train' or 'all'"):
-        t2l_toy_strings(SimpleNamespace(), ml_collections.ConfigDict({"tasks": "heldout"}), 0)
+        t2l_toy_strings(None, ml_collections.ConfigDict({"tasks": "heldout"}), 0)

@@ -10,7 +10,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hyperlora_jax.toy.eval_niah import accuracy, chat_ids, examples_for_length

@@ -1,4 +1,5 @@
-"""Data sources of the toy string-task world (``hyperlora_jax.toy.string_tasks``), registered on import:
+"""Data sources of the toy string-task world (``hyperlora_jax.toy.string_tasks``), registered in
+``hyperlora_jax.data.sources``:
 
   lm  source 'toy_strings'   pretraining of the string base model (configs/toy_base.py:strings): a mixture of ALL
                              40 tasks; the user turn holds the bare word (no instruction) with probability
@@ -11,6 +12,8 @@
                              training tasks (or all tasks, ``data.tasks = 'all'``), a random training description
                              and a random word per row; ``data.description_in_prompt`` puts the description in the
                              user turn before the word (the multi-task LoRA baseline), else the user turn is the word.
+  t2l evaluator 'toy_strings'   the final evaluation of a T2L run (``toy/eval_strings.py``: results table)
+  lora evaluator 'toy_strings'  with ``eval.n`` > 0, a quick exact-match check of the trained LoRA bank
 
 ``TaskData.descriptions`` lists the descriptions of ALL 40 tasks in ``string_tasks.TASK_NAMES`` order (training and
 held-out ones), so the encoder embeds every description the evaluation needs once, at startup;
@@ -20,9 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from hyperlora_jax.config import ModelConfig
+from hyperlora_jax.data.sources import register_evaluator, register_source
 from hyperlora_jax.eval.answering import chat_ids
-from hyperlora_jax.methods.lm import source as lm_source
-from hyperlora_jax.methods.t2l import TaskData, hierarchical_index, register_evaluator, register_source
+from hyperlora_jax.methods.t2l import ChatFormatter, TaskData, hierarchical_index
 from hyperlora_jax.toy import string_tasks as st
 
 TRAIN_SEED_OFFSET = 0          # training words: make_word(seed, i); evaluation uses eval.seed (different)
@@ -43,8 +47,8 @@ def user_content(word: str, description: str | None = None) -> str:
     return word if description is None else f"{description}\n{word}"
 
 
-@lm_source("toy_strings")
-def lm_toy_strings(cfg, data_cfg, seed: int):
+@register_source("lm", "toy_strings")
+def lm_toy_strings(cfg: ModelConfig, data_cfg, seed: int):
     """Row i: a uniformly drawn task of all 40, word make_word(seed, i); fixed length data.seq_len."""
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(data_cfg.tokenizer)
@@ -69,13 +73,15 @@ def lm_toy_strings(cfg, data_cfg, seed: int):
     return example, None
 
 
-@register_source("toy_strings")
-def t2l_toy_strings(method, data_cfg, seed: int) -> TaskData:
-    """Rows {desc_index, task_index, tokens, loss_mask, segment_ids}; task_index is into ``task_names`` (the
-    sampled tasks), desc_index into ``descriptions`` (all 40 tasks' descriptions)."""
+@register_source("t2l", "toy_strings")
+def t2l_toy_strings(fmt: ChatFormatter | None, data_cfg, seed: int) -> TaskData:
+    """Rows {desc_index, task_index, tokens, loss_mask, segment_ids} (SFT rows: ``fmt`` must be a ChatFormatter);
+    task_index is into ``task_names`` (the sampled tasks), desc_index into ``descriptions`` (all 40 tasks')."""
     which = data_cfg.get("tasks", "train")
     if which not in ("train", "all"):
         raise ValueError(f"data.tasks must be 'train' or 'all' for the toy_strings source, got {which!r}")
+    if fmt is None:
+        raise ValueError("the toy_strings source builds SFT rows: it needs t2l.mode 'sft'")
     names = list(st.TRAIN_TASKS if which == "train" else st.TASK_NAMES)
     texts, rows = description_table()
     in_prompt = bool(data_cfg.get("description_in_prompt", False))
@@ -90,13 +96,23 @@ def t2l_toy_strings(method, data_cfg, seed: int) -> TaskData:
         d = train_desc[t][int(rng.integers(len(train_desc[t])))]
         word, answer = st.example(t, seed + TRAIN_SEED_OFFSET, int(rng.integers(2 ** 31)))
         out = {"desc_index": np.int32(d), "task_index": np.int32(task_i)}
-        out.update(method.format_pair(user_content(word, texts[d] if in_prompt else None), answer))
+        out.update(fmt(user_content(word, texts[d] if in_prompt else None), answer))
         return out
 
     return TaskData(example, None, texts, names, [None] * len(names))
 
 
-@register_evaluator("toy_strings")
+@register_evaluator("t2l", "toy_strings")
 def t2l_toy_strings_eval(method, trainable, frozen, workdir):
     from hyperlora_jax.toy.eval_strings import evaluate_t2l_run
     return evaluate_t2l_run(method, trainable, workdir)
+
+
+@register_evaluator("lora", "toy_strings")
+def lora_toy_strings_eval(method, params, frozen, workdir):
+    """{task: accuracy} (or {"all": accuracy}) on ``eval.n`` words per task; None when ``eval.n`` is 0."""
+    n = int(method.config.get("eval", {}).get("n", 0) or 0)
+    if not n:
+        return None
+    from hyperlora_jax.toy.eval_strings import quick_bank_check
+    return quick_bank_check(method, params, n)

@@ -1,8 +1,8 @@
-"""Training source ``fictional_facts`` of the ``d2l`` method: generated fictional-fact documents and questions
-(``hyperlora_jax.toy.fictional_facts``), no download.
+"""Training source ``fictional_facts`` of the ``d2l`` method (registered in ``hyperlora_jax.data.sources``):
+generated fictional-fact documents and questions (``hyperlora_jax.toy.fictional_facts``), no download.
 
 The records have the text layout of ``d2l_qa`` and go through the same example builder (``TFDSExamples`` in
-``d2l_sources``): the reference's training chunking, one QA per visit, per-epoch shuffling, and for
+``methods/d2l_sources.py``): the reference's training chunking, one QA per visit, per-epoch shuffling, and for
 ``loss.kind == 'kd'`` the base model with the document in context as the teacher.
 
 Config keys (``data.*``), besides the chunking / length keys of ``d2l_sources``:
@@ -13,7 +13,8 @@ Config keys (``data.*``), besides the chunking / length keys of ``d2l_sources``:
 """
 from __future__ import annotations
 
-from hyperlora_jax.methods.d2l_data import source
+from hyperlora_jax.data.sources import register_source
+from hyperlora_jax.methods.d2l_data import D2LFormatter
 from hyperlora_jax.methods.d2l_sources import TFDSExamples
 from hyperlora_jax.toy.fictional_facts import FictionalFacts
 
@@ -28,8 +29,8 @@ class FactExamples(TFDSExamples):
                               max_entities=int(data_cfg.get("max_entities", 1)))
 
 
-@source("fictional_facts")
-def fictional_facts(method, data_cfg, seed: int):
+@register_source("d2l", "fictional_facts")
+def fictional_facts(fmt: D2LFormatter, data_cfg, seed: int):
     """Generated fictional-fact documents (data.num_documents / facts_seed / min_facts / max_facts /
     min_entities / max_entities)."""
-    return FactExamples(method, data_cfg, seed, "fictional_facts"), None
+    return FactExamples(fmt, data_cfg, seed, "fictional_facts"), None
