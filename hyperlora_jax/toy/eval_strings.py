@@ -68,17 +68,19 @@ def eval_items(split: str, n_per_description: int, seed: int) -> list[Item]:
 
 def max_new_tokens(tok) -> int:
     """One generation length for every task and split (so one program compiles): the longest answer any task gives
-    on a longest word, in tokens, plus the end token and one spare."""
+    on a longest word, in tokens, plus the end token and one spare. Exact for a character tokenizer (the string
+    base's); a BPE tokenizer splits other words into more tokens than this probe word, so configs on a BPE base set
+    ``eval.max_new_tokens`` instead."""
     word = "bcdefa"[:st.MAX_LEN]
     return max(len(tok(st.apply_task(t, word), add_special_tokens=False)["input_ids"]) for t in st.TASK_NAMES) + 2
 
 
 def exact_match(params, cfg, tok, contents: Sequence[str], answers: Sequence[str], *, adapter: Adapter | None = None,
-                batch_size: int = 64) -> np.ndarray:
+                batch_size: int = 64, max_new: int = 0) -> np.ndarray:
     """Greedy generation for each user turn ``contents[i]`` (with adapter row i, if given); [N] bool: the decoded
     answer (special tokens dropped, stripped) equals ``answers[i]``. Every batch has ``batch_size`` rows (the last
     one padded by repeating its last row), prompts are left-padded to one length for the whole call and the
-    generation length is ``max_new_tokens(tok)``: one compiled program per call shape."""
+    generation length is ``max_new`` (0: ``max_new_tokens(tok)``): one compiled program per call shape."""
     from hyperlora_jax.generation import generate
     if len(contents) != len(answers):
         raise ValueError(f"{len(contents)} prompts but {len(answers)} answers")
@@ -86,9 +88,11 @@ def exact_match(params, cfg, tok, contents: Sequence[str], answers: Sequence[str
         raise ValueError("no prompts to evaluate")
     if adapter is not None and adapter.batch_size != len(contents):
         raise ValueError(f"adapter has {adapter.batch_size} rows for {len(contents)} prompts")
-    max_new = max_new_tokens(tok)
-    if max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) + 1 > max_new:
-        raise ValueError("an answer is longer than the toy's generation length")
+    max_new = int(max_new) or max_new_tokens(tok)
+    longest_answer = max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    if longest_answer + 1 > max_new:
+        raise ValueError(f"an answer of {longest_answer} tokens (+ the end token) does not fit the generation length "
+                         f"{max_new}; raise eval.max_new_tokens")
     stops = sorted(set(cfg.eos_token_ids) | {tok.eos_token_id})
     all_prompts = [chat_ids(tok, c) for c in contents]
     longest = max(len(p) for p in all_prompts)
@@ -112,10 +116,11 @@ def load_bank(dirs: Sequence[str], cfg) -> Adapter:
 
 def evaluate(params, cfg, tok, *, t2l_adapters: Callable[[list[Item]], Adapter] | None, oracle_root: str = "",
              multitask_dir: str = "", n_per_description: int = 4, seed: int = 1234, batch_size: int = 64,
-             methods: Sequence[str] = METHODS) -> list[dict]:
+             methods: Sequence[str] = METHODS, max_new: int = 0) -> list[dict]:
     """Rows {"method", "split", "accuracy", "n"} for every method of ``methods`` that has what it needs
     (``t2l_adapters``: items -> one adapter row per item; ``oracle_root``: a directory with one PEFT subdirectory
-    per task; ``multitask_dir``: a PEFT directory). ``accuracy`` is the exact-match fraction over ``n`` examples."""
+    per task; ``multitask_dir``: a PEFT directory). ``accuracy`` is the exact-match fraction over ``n`` examples.
+    ``max_new``: the generation length (0: derived from the tokenizer, ``max_new_tokens(tok)``)."""
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValueError(f"unknown evaluation methods {bad} (known: {', '.join(METHODS)})")
@@ -131,17 +136,20 @@ def evaluate(params, cfg, tok, *, t2l_adapters: Callable[[list[Item]], Adapter] 
         for m in methods:
             t0 = time.perf_counter()
             if m == "base":   # through a zero adapter (= the base model): the adapters' compiled program
-                hits = exact_match(params, cfg, tok, words, answers, batch_size=batch_size,
+                hits = exact_match(params, cfg, tok, words, answers, batch_size=batch_size, max_new=max_new,
                                    adapter=like.zeros_like(len(items)) if like is not None else None)
             elif m == "multitask_lora" and multi is not None:
                 from hyperlora_jax.toy.string_sources import user_content
                 hits = exact_match(params, cfg, tok, [user_content(it.word, it.description) for it in items],
-                                   answers, adapter=multi.take([0] * len(items)), batch_size=batch_size)
+                                   answers, adapter=multi.take([0] * len(items)), batch_size=batch_size,
+                                   max_new=max_new)
             elif m == "oracle_lora" and oracle is not None:
                 ad = oracle.take([st.TASK_NAMES.index(it.task) for it in items])
-                hits = exact_match(params, cfg, tok, words, answers, adapter=ad, batch_size=batch_size)
+                hits = exact_match(params, cfg, tok, words, answers, adapter=ad, batch_size=batch_size,
+                                   max_new=max_new)
             elif m == "t2l" and t2l is not None:
-                hits = exact_match(params, cfg, tok, words, answers, adapter=t2l, batch_size=batch_size)
+                hits = exact_match(params, cfg, tok, words, answers, adapter=t2l, batch_size=batch_size,
+                                   max_new=max_new)
             else:
                 log.warning("eval: skipping %s (no adapter given)", m)
                 continue
@@ -194,7 +202,8 @@ def evaluate_t2l_run(method, trainable, workdir: str) -> dict:
     rows = evaluate(base, method.model_cfg, method.format_pair.tok, t2l_adapters=t2l_adapters,
                     oracle_root=ec.get("oracle_dir", "") or "", multitask_dir=ec.get("multitask_dir", "") or "",
                     n_per_description=int(ec.n_per_description), seed=int(ec.seed),
-                    batch_size=int(ec.get("batch_size", 64)), methods=methods)
+                    batch_size=int(ec.get("batch_size", 64)), methods=methods,
+                    max_new=int(ec.get("max_new_tokens", 0)))
     path = write_results(rows, workdir)
     print(format_table(rows), flush=True)
     return {"results": path, "rows": rows}
