@@ -21,16 +21,16 @@ TIMEOUT_S = 900   # whole notebook; each one takes about 2 minutes on 2 busy CPU
 
 def _smollm2_stand_in(tmp_path) -> dict:
     """colab/smollm2_d2l.ipynb's settings for a tiny random llama (the tests' chat tokenizer) standing in for the
-    converted GGUF, with configs/d2l.py:smollm2 shrunk to fit it (as tests/e2e/test_d2l_facts.py): 3 training
-    steps, one evaluation length, 2 questions."""
+    converted GGUF, with configs/d2l.py:smollm2 shrunk to fit it (as tests/e2e/test_d2l_facts.py): 2 training
+    steps (padded batches: one compilation), one evaluation length, 2 questions."""
     from hf_tiny import copy_tokenizer, make_tiny
     base = make_tiny("llama", str(tmp_path / "stand_in"), vocab_size=256)
     copy_tokenizer(base)
     overrides = ("model.layer_idx=1 model.latent_size=16 model.n_latent_queries=4 model.num_blocks=1 model.n_heads=2 "
                  "model.head_dim=8 model.num_kv_heads=1 loss.top_k=4 data.chunk_tokens=96 data.num_documents=64 "
                  "data.max_facts=4 data.query_len=128 data.max_response_tokens=24 data.max_entities=1 "
-                 "data.pack_docs=2 compute_dtype=float32 batch_size=4 warmup_steps=0 log_every_steps=1")
-    return {"SMOL_BASE_MODEL": base, "SMOL_WORK_DIR": str(tmp_path / "smol"), "SMOL_TRAIN_STEPS": "3",
+                 "data.pack_docs=0 compute_dtype=float32 batch_size=2 warmup_steps=0 log_every_steps=1")
+    return {"SMOL_BASE_MODEL": base, "SMOL_WORK_DIR": str(tmp_path / "smol"), "SMOL_TRAIN_STEPS": "2",
             "SMOL_CONFIG_OVERRIDES": " ".join("--config." + o for o in overrides.split()),
             "SMOL_EVAL_LENGTHS": "200", "SMOL_EVAL_N": "2", "SMOL_EVAL_BATCH": "2", "SMOL_EVAL_MAX_NEW_TOKENS": "3",
             "SMOL_MAX_NEW_TOKENS": "4"}
@@ -44,7 +44,7 @@ NOTEBOOKS = {
     "t2l_demo.ipynb": ({},
                        ["ANSWER TABLE", "| prompt | base model |", "LOG-PROB TABLE"]),
     "smollm2_d2l.ipynb": (_smollm2_stand_in,
-                          ["trained to step 3", "ANSWER TABLE",
+                          ["trained to step 2", "ANSWER TABLE",
                            "| question | expected | base alone | document in prompt | D2L adapter |",
                            "captain of the Quorvath?", "ACCURACY BY DOCUMENT LENGTH", "| method | L=200 |",
                            "| d2l | "]),
