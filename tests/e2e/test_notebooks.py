@@ -18,7 +18,6 @@ COLAB = pathlib.Path(__file__).resolve().parent.parent.parent / "colab"
 TIMEOUT_S = 900   # whole notebook; each one takes about 2 minutes on 2 busy CPU cores
 
 
-
 def _smollm2_stand_in(tmp_path) -> dict:
     """colab/smollm2_d2l.ipynb's settings for a tiny random llama (the tests' chat tokenizer) standing in for the
     converted GGUF, with configs/d2l.py:smollm2 shrunk to fit it (as tests/e2e/test_d2l_facts.py): 2 training
