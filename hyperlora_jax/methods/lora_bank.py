@@ -11,7 +11,7 @@ Per micro-batch: adapter rows = bank[task_index] (or bank[0]), loss = mean over 
 over response tokens (``loss_mask``), as T2L SFT without label smoothing.
 
 Data: the T2L source registry (``hyperlora_jax.methods.t2l.SOURCES``, rows need ``tokens``, ``loss_mask``,
-``segment_ids``, ``task_index``). At the end (``final_evaluate``) row s is exported as a PEFT directory
+``segment_ids``, ``task_index``). At the end (the ``export`` hook) row s is exported as a PEFT directory
 ``WORKDIR/<lora.export_dir>/<task name>`` (per task) or ``WORKDIR/<lora.export_dir>`` (shared).
 """
 from __future__ import annotations
@@ -25,11 +25,12 @@ import numpy as np
 
 from hyperlora_jax.data.iterators import IndexedBatchIterator, stack
 from hyperlora_jax.lora import Adapter
+from hyperlora_jax.methods.base import Hook, HookContext, Method
 
 log = logging.getLogger("hyperlora_jax.methods.lora_bank")
 
 
-class LoRABankMethod:
+class LoRABankMethod(Method):
     mode = "sft"  # the T2L sources build SFT rows for a method with this mode
 
     def __init__(self, config, mesh):
@@ -117,15 +118,18 @@ class LoRABankMethod:
     def flops_per_step(self, batch_tokens: float) -> float:
         return 4.0 * self.model_cfg.num_params() * batch_tokens
 
-    def final_evaluate(self, params, frozen, workdir):
+    def hooks(self):
+        return [Hook("export", 0, self.export)]
+
+    def export(self, ctx: HookContext):
         """Exports every bank row as a PEFT directory; with ``eval.n`` > 0 also prints a quick exact-match check
         (``hyperlora_jax.toy.eval_strings.quick_bank_check``) for the toy string source."""
-        if jax.process_index() != 0:
+        if not ctx.is_main:
             return None
         from hyperlora_jax.io.peft_io import export_peft
         lc = self.config.lora
-        root = os.path.join(workdir, lc.get("export_dir", "export"))
-        params = jax.device_get(params)
+        root = os.path.join(ctx.workdir, lc.get("export_dir", "export"))
+        params = jax.device_get(ctx.params)
         ad = self.adapter(params, jnp.arange(self.n_slots))
         meta = {"method": "lora", "per_task": self.per_task, "source": self.config.data.source}
         dirs = []
