@@ -1,14 +1,11 @@
-"""The method contract (hyperlora_jax/methods/base.py): abstract methods are enforced, the registered methods
-subclass Method, and the trainer runs periodic hooks every N steps (metrics rows) and end hooks once."""
+"""The method contract (hyperlora_jax/methods/base.py): abstract methods are enforced, the defaults, the
+registered methods subclass Method, Hook.every is checked. The trainer running hooks: tests/e2e/test_method_hooks.py."""
 import importlib
-import json
-import os
 
 import pytest
 
 from hyperlora_jax.methods import METHODS
-from hyperlora_jax.methods.base import Hook, HookContext, Method
-from hyperlora_jax.methods.lm import LMMethod
+from hyperlora_jax.methods.base import Hook, Method
 
 
 def test_method_needs_every_abstract_method():
@@ -59,39 +56,3 @@ def test_hook_every_must_be_a_non_negative_int():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="every must be an integer >= 0"):
             Hook("h", bad, lambda ctx: None)
-
-
-class HookedLM(LMMethod):
-    """The lm method plus a hook every 2 steps and one at the end, recording what they saw."""
-    seen = []
-
-    def hooks(self):
-        return super().hooks() + [Hook("probe", 2, self.probe), Hook("last", 0, self.last)]
-
-    def probe(self, ctx: HookContext):
-        HookedLM.seen.append((ctx.step, ctx.is_main, ctx.workdir))
-        return {"seen_step": ctx.step, "n_params": len(ctx.params)}
-
-    def last(self, ctx: HookContext):
-        return {"final_step": ctx.step}
-
-
-def test_periodic_hook_writes_metric_rows_and_end_hooks_return(tmp_path, monkeypatch):
-    from repo_configs import get_config
-
-    from hyperlora_jax import train
-    monkeypatch.setitem(METHODS, "hooked_lm", f"{__name__}:HookedLM")
-    cfg = get_config("lm", "tiny")
-    cfg.method, cfg.num_train_steps, cfg.checkpoint_every_steps, cfg.log_every_steps = "hooked_lm", 5, 0, 5
-    cfg.async_checkpoints = False
-    HookedLM.seen.clear()
-    wd = str(tmp_path / "wd")
-    out = train.run(cfg, wd)
-    assert out["reason"] == "done" and out["step"] == 5
-    assert HookedLM.seen == [(2, True, wd), (4, True, wd)]
-    assert out["final_eval"] == {"export": None, "last": {"final_step": 5}}
-    rows = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
-    hook_rows = [r for r in rows if "probe/seen_step" in r]
-    assert hook_rows == [{"step": 2, "probe/seen_step": 2.0, "probe/n_params": float(len(out["state"]["params"]))},
-                         {"step": 4, "probe/seen_step": 4.0, "probe/n_params": float(len(out["state"]["params"]))}]
-    assert [r["step"] for r in rows if "loss" in r] == [5]
