@@ -346,8 +346,8 @@ def _run_locked(config, workdir: str) -> dict:
 
 def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start) -> dict:
     """Restore, then the loop (metrics, periodic hooks, checkpoints, stop signals), then the end hooks."""
-    from hyperlora_jax.methods.base import HookContext
     from hyperlora_jax.checkpoint import CheckpointLookupError, CheckpointMismatchError, restore_params
+    from hyperlora_jax.methods.base import HookContext
     from hyperlora_jax.optim import learning_rate_schedule
     from hyperlora_jax.sharding import host_batch_to_global
     from hyperlora_jax.io.tb_events import EventWriter
