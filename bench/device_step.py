@@ -164,9 +164,7 @@ def d2l_setup(bc, base, a):
         n_latent_queries=mc.n_latent_queries, num_blocks=mc.num_blocks,
         num_pre_head_layers=mc.get("num_pre_head_layers", 1), n_heads=mc.n_heads, head_dim=mc.head_dim,
         num_key_value_heads=mc.num_kv_heads)
-    method = D2LMethod.__new__(D2LMethod)
-    method.config, method.base_cfg, method.hyper_cfg = cfg, bc, hc
-    method.layer_idx, method.dtype = None, jnp.dtype(cfg.compute_dtype)
+    method = D2LMethod.without_data(cfg, bc, hc, base)
     hyper = method.init_trainable(jax.random.PRNGKey(1))
     tx = make_optimizer(cfg, method.decay_mask)
 
@@ -216,10 +214,8 @@ def t2l_setup(bc, base, a):
                         r=int(tcfg.r), lora_alpha=float(tcfg.lora_alpha), target_modules=mods,
                         in_features=tuple(shapes[m][0] for m in mods), out_features=tuple(shapes[m][1] for m in mods),
                         n_layers=bc.num_layers, dropout_rate=float(tcfg.dropout_rate))
-    method = T2LMethod.__new__(T2LMethod)
-    method.config, method.mode, method.scale = cfg, "sft", tcfg.scale
-    method.dtype, method.model_cfg, method.sft_cfg, method.hcfg = jnp.bfloat16, bc, cfg.sft, hcfg
-    method.recon_cfg, method._recon_stats = cfg.recon, None
+    cfg.t2l.mode = "sft"
+    method = T2LMethod.without_data(cfg, bc, hcfg)
     params = method.init_trainable(jax.random.PRNGKey(1))
     tx = make_optimizer(cfg, method.decay_mask)
     b, n = a.batch * 2, a.seq_len  # T2L rows are short: twice the D2L batch

@@ -143,11 +143,8 @@ def jax_setup(p, seed=0):
         loss=dict(kind="ce", l1_coef=L1_COEF, neftune_alpha=0.0),
         remat="none", compute_dtype="float32", learning_rate=LR, warmup_steps=0, num_train_steps=1000,
         schedule="constant", weight_decay=WD, max_grad_norm=CLIP))
-    # the plug-in without its data/tokenizer start-up: exactly the attributes ``loss`` and ``init_trainable`` read
-    method = D2LMethod.__new__(D2LMethod)
-    method.config, method.base_cfg, method.hyper_cfg = cfg, bc, hc
-    method.layer_idx, method.dtype = None, jnp.float32
     base = init_base(bc, jax.random.PRNGKey(seed))
+    method = D2LMethod.without_data(cfg, bc, hc, base)  # the plug-in without its data/tokenizer start-up
     # scaler_B starts at 1 (the toy preset's choice), so the generated LoRAs contribute to the loss
     hyper = method.init_trainable(jax.random.PRNGKey(seed + 1))
     tx = make_optimizer(cfg, method.decay_mask)

@@ -1,4 +1,4 @@
-"""Orbax checkpointing of the training state: keep-last-K, optional best-by-metric, async saves, safe restore.
+"""Orbax checkpointing of the training state: keep-last-K, async saves, safe restore.
 
 Each checkpoint step holds three items:
   state  the train state pytree (trainable params, optimizer state, step, rng) — never the frozen base model;
@@ -41,14 +41,14 @@ class CheckpointLookupError(ValueError):
     """No checkpoint, a requested step that is not there, or one that cannot be read (one line)."""
 
 
-CHECKPOINT_DIRS = ("checkpoints", "checkpoints_best")
+CHECKPOINT_DIR = "checkpoints"
 
 
 def checkpoint_dir(workdir: str) -> str:
-    """The Orbax directory of a training run given as ``workdir``: the path itself when it is a ``checkpoints/`` or
-    ``checkpoints_best/`` directory, else ``workdir/checkpoints`` (absolute)."""
+    """The Orbax directory of a training run given as ``workdir``: the path itself when it is a ``checkpoints/``
+    directory, else ``workdir/checkpoints`` (absolute)."""
     path = os.path.abspath(workdir)
-    if os.path.basename(os.path.normpath(path)) in CHECKPOINT_DIRS:
+    if os.path.basename(os.path.normpath(path)) == CHECKPOINT_DIR:
         return path
     return os.path.join(path, "checkpoints")
 
@@ -108,8 +108,8 @@ def _candidates(ckdir: str, steps: list[int], step: int | None) -> list[int]:
 
 
 def checkpoint_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
-    """(step, saved fingerprint) of step ``step`` of a training workdir (or its ``checkpoints/`` /
-    ``checkpoints_best/``), default the newest step whose metadata reads; CheckpointLookupError when there is no
+    """(step, saved fingerprint) of step ``step`` of a training workdir (or its ``checkpoints/``),
+    default the newest step whose metadata reads; CheckpointLookupError when there is no
     checkpoint / no such step / no readable metadata."""
     ckdir, steps = _steps(workdir)
     mgr = _reader(ckdir)
@@ -129,7 +129,7 @@ def checkpoint_meta(workdir: str, step: int | None = None) -> tuple[int, dict]:
 
 def restore_params(workdir: str, template, *, fingerprint: dict, step: int | None = None):
     """(trainable params, step): the ``params`` subtree of step ``step`` (default: the newest readable step) of a
-    training workdir (or its ``checkpoints/`` / ``checkpoints_best/``), restored read-only into ``template``'s
+    training workdir (or its ``checkpoints/``), restored read-only into ``template``'s
     shapes, dtypes and shardings (arrays or ShapeDtypeStructs); the optimizer state and data position stay behind.
 
     The checkpoint must have been written with ``fingerprint`` (``run_fingerprint``): else CheckpointMismatchError
@@ -256,24 +256,12 @@ def _abstract(tree):
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, fingerprint: dict[str, Any], keep: int = 3, best_metric: str | None = None,
-                 best_mode: str = "min", async_save: bool = True):
-        self.dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+    def __init__(self, workdir: str, fingerprint: dict[str, Any], keep: int = 3, async_save: bool = True):
+        self.dir = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
         self.fingerprint = fingerprint
-        self.best_metric = best_metric
         self._async = async_save
         self._keep = keep
         self.manager = self._make_manager(self.dir, keep)
-        self.best = None
-        if best_metric:
-            mode = best_mode
-
-            self.best = ocp.CheckpointManager(
-                os.path.join(os.path.abspath(workdir), "checkpoints_best"),
-                options=ocp.CheckpointManagerOptions(
-                    max_to_keep=1, create=True, best_fn=lambda m: float(m[best_metric]), best_mode=mode,
-                    enable_async_checkpointing=async_save, cleanup_tmp_directories=True),
-                item_handlers=_handlers())
 
     def _make_manager(self, directory, keep):
         return ocp.CheckpointManager(
@@ -285,13 +273,11 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_state: dict, metrics: dict | None = None, force: bool = False):
+    def save(self, step: int, state, data_state: dict, force: bool = False):
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
                                   meta=ocp.args.JsonSave(self.fingerprint))
         if step not in self.manager.all_steps():
             self.manager.save(step, args=args, force=force)
-        if self.best is not None and metrics and self.best_metric in metrics:
-            self.best.save(step, args=args, metrics={k: float(v) for k, v in metrics.items()}, force=True)
 
     def check_fingerprint(self, step: int):
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -368,10 +354,6 @@ class Checkpointer:
 
     def wait(self):
         self.manager.wait_until_finished()
-        if self.best is not None:
-            self.best.wait_until_finished()
 
     def close(self):
         self.manager.close()
-        if self.best is not None:
-            self.best.close()

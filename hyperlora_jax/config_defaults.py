@@ -24,9 +24,6 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 3
     c.async_checkpoints = True
-    c.eval_every_steps = 0
-    c.best_metric = ""               # e.g. "eval/loss": also keep the best checkpoint in WORKDIR/checkpoints_best
-    c.best_mode = "min"
     c.step_delay_s = 0.0             # sleep after each step: only to give preemption tests a window
     c.init_from = ""                 # another run's workdir: start from its newest trainable parameters (fresh
                                      # optimizer, step 0; same model configuration required) unless this workdir
@@ -39,10 +36,10 @@ class TrainConfigError(ValueError):
 
 
 CHOICES = {"schedule": ("cosine", "linear", "constant"), "compute_dtype": ("float32", "bfloat16"),
-           "remat": ("none", "full", "dots"), "distributed": ("none", "auto"), "best_mode": ("min", "max")}
+           "remat": ("none", "full", "dots"), "distributed": ("none", "auto")}
 # key: (smallest allowed value, what it means); integers unless the default is a float
 MINIMA = {"num_train_steps": 0, "batch_size": 1, "grad_accum_steps": 1, "warmup_steps": 0, "log_every_steps": 1,
-          "checkpoint_every_steps": 0, "keep_checkpoints": 1, "eval_every_steps": 0, "learning_rate": 0.0,
+          "checkpoint_every_steps": 0, "keep_checkpoints": 1, "learning_rate": 0.0,
           "end_lr_factor": 0.0, "weight_decay": 0.0, "max_grad_norm": 0.0, "step_delay_s": 0.0}
 
 

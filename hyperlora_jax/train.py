@@ -2,11 +2,12 @@
 
 One loop for every method (T2L, D2L, plain LM); the method-specific part is a plug-in (``hyperlora_jax.methods``).
 Sections, top to bottom: distributed setup -> mesh -> method (models, data) -> optimizer -> sharded init ->
-train step -> checkpoint restore -> loop (metrics, eval, checkpoints, preemption).
+train step -> checkpoint restore -> loop (metrics, periodic hooks, checkpoints, preemption) -> end hooks.
+The method contract (what the trainer calls, hooks included): ``hyperlora_jax/methods/base.py``.
 
 Common config keys: method, seed, num_train_steps, batch_size (global), grad_accum_steps, learning_rate,
 warmup_steps, schedule, weight_decay, max_grad_norm, compute_dtype, remat, mesh {data, fsdp, tensor},
-checkpoint_every_steps, keep_checkpoints, eval_every_steps, log_every_steps, best_metric, best_mode.
+checkpoint_every_steps, keep_checkpoints, log_every_steps.
 
 Safety: one trainer per workdir (flock on WORKDIR/.lock); a non-finite loss or gradient norm stops the run with
 the step named and nothing saved after it; SIGTERM / SIGINT save a final checkpoint; a resume rewrites
@@ -268,7 +269,9 @@ def _lock_run(workdir: str):
 # ===== the whole run ==========================================================================================
 
 def run(config, workdir: str) -> dict:
-    """Trains per ``config`` in ``workdir`` (resuming from its checkpoints); returns a summary dict.
+    """Trains per ``config`` in ``workdir`` (resuming from its checkpoints); returns a summary dict: ``step``,
+    ``reason`` (done | preempted | interrupted), ``metrics`` (the last logged row), ``state`` (the train state) and
+    ``final_eval`` ({end hook name: what it returned}; {} unless the run finished, ``methods/base.py``).
 
     Refused up front (ValueError subclasses, one line each): bad config values (``config_defaults.validate``), a
     workdir another trainer holds (WorkdirBusyError), a workdir of another configuration (CheckpointMismatchError).
@@ -310,7 +313,7 @@ def _run_locked(config, workdir: str) -> dict:
                          f"{jax.process_count()} processes")
 
     # ----- optimizer and sharded init ----------------------------------------------------------------------------
-    tx = make_optimizer(config, getattr(method, "decay_mask", None))
+    tx = make_optimizer(config, method.decay_mask)
 
     def init_state(rng):
         params = method.init_trainable(rng)
@@ -332,8 +335,7 @@ def _run_locked(config, workdir: str) -> dict:
 
     # ----- checkpoint restore ---------------------------------------------------------------------------------
     ckpt = Checkpointer(workdir, run_fingerprint(method, abstract["params"]),
-                        keep=config.get("keep_checkpoints", 3), best_metric=config.get("best_metric") or None, best_mode=config.get("best_mode", "min"),
-                        async_save=config.get("async_checkpoints", True))
+                        keep=config.get("keep_checkpoints", 3), async_save=config.get("async_checkpoints", True))
     try:
         with with_mesh(mesh):  # activations and adapters traced in the step follow the rules table (sharding.py)
             return _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start)
@@ -343,8 +345,9 @@ def _run_locked(config, workdir: str) -> dict:
 
 
 def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_start) -> dict:
-    """Restore, then the loop (metrics, evaluation, checkpoints, stop signals), then the final evaluation."""
+    """Restore, then the loop (metrics, periodic hooks, checkpoints, stop signals), then the end hooks."""
     from hyperlora_jax.checkpoint import CheckpointLookupError, CheckpointMismatchError, restore_params
+    from hyperlora_jax.methods.base import HookContext
     from hyperlora_jax.optim import learning_rate_schedule
     from hyperlora_jax.sharding import host_batch_to_global
     from hyperlora_jax.io.tb_events import EventWriter
@@ -388,7 +391,9 @@ def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_sta
     first_bad = jnp.zeros((), jnp.int32)
     peak = _peak_flops()
     total, every = int(config.num_train_steps), int(config.get("log_every_steps", 10))
-    ckpt_every, eval_every = int(config.get("checkpoint_every_steps", 0)), int(config.get("eval_every_steps", 0))
+    ckpt_every = int(config.get("checkpoint_every_steps", 0))
+    hooks = method.hooks()
+    periodic, at_end = [h for h in hooks if h.every > 0], [h for h in hooks if h.every == 0]
     last_metrics, t_last, steps_since = {}, time.time(), 0
     eta = Eta(total)
 
@@ -426,7 +431,7 @@ def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_sta
                 m["lr"] = float(schedule(step - 1))
                 m["step_time"] = dt
                 m["tokens_per_sec"] = tokens / (now - t_last) if now > t_last else 0.0
-                flops = method.flops_per_step(m["tokens_per_sec"] * dt) if hasattr(method, "flops_per_step") else 0
+                flops = method.flops_per_step(m["tokens_per_sec"] * dt)
                 m["mfu"] = flops / dt / peak if peak and dt > 0 else float("nan")
                 last_metrics = m
                 if is_main:
@@ -437,14 +442,15 @@ def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_sta
                     writer.scalars(step, {f"train/{k}": v for k, v in m.items() if v == v})
                 t_last, steps_since = now, 0
                 check_health(step)  # after the row is written: a diverged step shows its loss (null) and grad norm
-            eval_metrics = None
-            if eval_every and step % eval_every == 0 and hasattr(method, "evaluate"):
-                eval_metrics = method.evaluate(state["params"], frozen, workdir, step)
-                if is_main and eval_metrics:
-                    writer.scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-                    _append_metrics(metrics_path, {"step": step, **{f"eval/{k}": v for k, v in eval_metrics.items()}})
-            if (ckpt_every and step % ckpt_every == 0) or eval_metrics:
-                save(step, metrics={f"eval/{k}": v for k, v in (eval_metrics or {}).items()} or None)
+            for hook in periodic:
+                if step % hook.every == 0:
+                    out = hook.fn(HookContext(step, state["params"], frozen, workdir, is_main))
+                    if is_main and out:
+                        row = {f"{hook.name}/{k}": float(v) for k, v in out.items()}
+                        _append_metrics(metrics_path, {"step": step, **row})
+                        writer.scalars(step, {k: v for k, v in row.items() if v == v})
+            if ckpt_every and step % ckpt_every == 0:
+                save(step)
             if config.get("step_delay_s", 0.0):  # only for preemption tests: widen the window to kill
                 time.sleep(config.step_delay_s)
             if stop.any_process():
@@ -458,9 +464,10 @@ def _train(config, workdir, method, state, frozen, train_step, ckpt, mesh, t_sta
             writer.close()
     if is_main:
         print(f"{exit_reason} at step {step}; checkpoint in {ckpt.dir}", flush=True)
-    final_eval = None
-    if exit_reason == "done" and hasattr(method, "final_evaluate"):
-        final_eval = method.final_evaluate(state["params"], frozen, workdir)
+    final_eval = {}
+    if exit_reason == "done":
+        for hook in at_end:
+            final_eval[hook.name] = hook.fn(HookContext(step, state["params"], frozen, workdir, is_main))
         results = os.path.join(workdir, "eval", "results.json")
         if is_main and os.path.exists(results) and os.path.getmtime(results) >= t_start:
             print(f"results in {results}", flush=True)

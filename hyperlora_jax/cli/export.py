@@ -2,8 +2,8 @@
 
     python -m hyperlora_jax.cli.export --workdir W --out DIR [--step N] [--overwrite]
 
-W is a ``python -m hyperlora_jax.train`` workdir of a ``d2l`` or ``t2l`` run (or its ``checkpoints/`` or
-``checkpoints_best/`` directory): its Orbax checkpoints and the ``config.json`` the trainer saves beside them
+W is a ``python -m hyperlora_jax.train`` workdir of a ``d2l`` or ``t2l`` run (or its ``checkpoints/``
+directory): its Orbax checkpoints and the ``config.json`` the trainer saves beside them
 (:mod:`hyperlora_jax.run_config`).
 The method comes from the checkpoint's fingerprint; the run's config rebuilds the hypernetwork, its base model and
 (T2L) its encoder; the trainable parameters of step N (default: the newest) are restored read-only after the

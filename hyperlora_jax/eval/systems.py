@@ -2,8 +2,7 @@
 
 ``--checkpoint`` may be
   a training workdir (``WORKDIR/checkpoints/<step>/``, written by ``python -m hyperlora_jax.train``) or its
-      ``checkpoints/`` or ``checkpoints_best/`` directory (the best checkpoint, when ``best_metric`` is set): the
-      trainable parameters are restored read-only (nothing is moved or deleted);
+      ``checkpoints/`` directory: the trainable parameters are restored read-only (nothing is moved or deleted);
       a checkpoint of a different model (method / shapes fingerprint) is refused naming the differing fields;
   a converted D2L checkpoint (``python -m hyperlora_jax.cli.convert d2l`` output: ``config.json`` format
       ``hyperlora_jax.d2l``), loaded through :mod:`hyperlora_jax.d2l.checkpoint`; its base model is the config's
@@ -49,7 +48,7 @@ def checkpoint_kind(path: str) -> tuple[str, str]:
             return "t2l", path
     if os.path.isdir(os.path.join(path, "checkpoints")):
         return "train", path
-    if os.path.basename(os.path.normpath(path)) in ("checkpoints", "checkpoints_best"):
+    if os.path.basename(os.path.normpath(path)) == "checkpoints":
         return "train", os.path.dirname(os.path.abspath(path))
     raise EvalSetupError(f"--checkpoint {path!r} is neither a training workdir (no checkpoints/ inside) nor a "
                          f"converted D2L/T2L checkpoint (config.json with format hyperlora_jax.d2l / .t2l)")
@@ -57,7 +56,7 @@ def checkpoint_kind(path: str) -> tuple[str, str]:
 
 def restore_trainable(method, workdir: str, step: Optional[int] = None):
     """(trainable params as host arrays, step) restored read-only from a training workdir (or its
-    ``checkpoints/`` / ``checkpoints_best/``) through :func:`hyperlora_jax.checkpoint.restore_params`, after the
+    ``checkpoints/``) through :func:`hyperlora_jax.checkpoint.restore_params`, after the
     fingerprint check against ``method``."""
     from hyperlora_jax.checkpoint import restore_params, run_fingerprint
     from hyperlora_jax.sharding import param_shardings

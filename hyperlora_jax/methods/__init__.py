@@ -1,14 +1,8 @@
 """Training methods: the method-specific part of the trainer (batch -> loss and metrics) as plug-ins.
 
-A method is a class with:
-  __init__(config, mesh)               build frozen models, tokenizers, data sources
-  fingerprint() -> dict                what a checkpoint must match to be resumed by this run
-  init_trainable(rng) -> params        trainable parameter tree (float32 master copy); jit-able
-  frozen() -> pytree                   frozen arrays (already placed on the mesh); never differentiated/saved
-  loss(trainable, frozen, batch, rng) -> (loss, metrics)   per micro-batch; metrics: dict of scalars
-  data_iterator(process_index, process_count) -> IndexedBatchIterator (host-local batches)
-  flops_per_step(batch) -> float       model FLOPs of one optimizer step (for the MFU estimate), or 0
-  evaluate(trainable, frozen, workdir, step) -> dict   (optional)
+A method subclasses ``hyperlora_jax.methods.base.Method`` (the contract: constructor, init_trainable, frozen, loss,
+fingerprint, data_iterator; defaults for decay_mask, flops_per_step and hooks) and is registered here by name
+(``config.method``).
 """
 from __future__ import annotations
 

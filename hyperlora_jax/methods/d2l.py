@@ -22,8 +22,8 @@ on the combined adapters (mean over modules of mean |A| + mean |B|, bias block a
 """
 from __future__ import annotations
 
-import os
-import time
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,17 +32,36 @@ import numpy as np
 from hyperlora_jax.data.iterators import IndexedBatchIterator
 from hyperlora_jax.data.sources import get_evaluator, get_source
 from hyperlora_jax.losses import adapter_l1 as l1_of_adapter, kd_loss, row_mean as per_doc_mean, token_logprobs as logprobs_of
+from hyperlora_jax.methods.base import Hook, HookContext, Method
 from hyperlora_jax.model import forward, segment_positions
 from hyperlora_jax.packaged import toy_base_dir
 
 
-class D2LMethod:
-    def __init__(self, config, mesh):
+@dataclasses.dataclass(frozen=True)
+class D2LParts:
+    """The model half of a D2LMethod given directly instead of loaded (``D2LMethod.without_data``): the base model's
+    ModelConfig and parameter tree (frozen), the hypernetwork's D2LHypernetConfig and the context-encoder layer
+    (None = the last)."""
+    base_cfg: Any
+    hyper_cfg: Any
+    base_params: Any
+    layer_idx: int | None = None
+
+
+class D2LMethod(Method):
+    def __init__(self, config, mesh, parts: D2LParts | None = None):
+        """The trainer's constructor (``parts`` None): loads the base model, tokenizer and data source. With
+        ``parts`` (see ``without_data``) nothing is loaded: no tokenizer, no data source."""
+        self.config, self.mesh = config, mesh
+        self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
+        if parts is not None:
+            self.base_cfg, self.hyper_cfg, self.base_params = parts.base_cfg, parts.hyper_cfg, parts.base_params
+            self.layer_idx, self.example, self.size = parts.layer_idx, None, None
+            return
         from hyperlora_jax.d2l.context import load_tokenizer, padded_chunk_len, template_affixes
         from hyperlora_jax.d2l.hypernet import D2LHypernetConfig
         from hyperlora_jax.io.hf_load import load_model
 
-        self.config, self.mesh = config, mesh
         mc = config.model
         base_dir = mc.base_model or toy_base_dir()
         self.base_dir = base_dir
@@ -60,7 +79,6 @@ class D2LMethod:
             ctx_encoder_type=mc.ctx_encoder_type, latent_size=mc.latent_size, n_latent_queries=mc.n_latent_queries,
             num_blocks=mc.num_blocks, num_pre_head_layers=mc.get("num_pre_head_layers", 1),
             n_heads=mc.n_heads, head_dim=mc.head_dim, num_key_value_heads=mc.num_kv_heads)
-        self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
         from hyperlora_jax.methods.d2l_data import BATCH_CHUNK_COUNT_SOURCES, D2LFormatter
         if config.data.get("batch_chunk_count", False) and config.data.source not in BATCH_CHUNK_COUNT_SOURCES:
             raise ValueError(f"data.batch_chunk_count is not supported by data source {config.data.source!r} "
@@ -82,14 +100,10 @@ class D2LMethod:
         self.example, self.size = source(fmt, config.data, config.seed)
 
     @classmethod
-    def without_data(cls, config, base_cfg, hyper_cfg, base_params, layer_idx=None):
-        """The plug-in without tokenizer, base-model directory or data source (tests, benchmarks): exactly what
-        ``loss``, ``adapter`` and ``init_trainable`` read."""
-        self = cls.__new__(cls)
-        self.config, self.base_cfg, self.hyper_cfg, self.base_params = config, base_cfg, hyper_cfg, base_params
-        self.layer_idx, self.mesh = layer_idx, None
-        self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
-        return self
+    def without_data(cls, config, base_cfg, hyper_cfg, base_params, layer_idx=None, mesh=None):
+        """The plug-in without tokenizer, base-model directory or data source (tests, benchmarks): what ``loss``,
+        ``adapter``, ``decay_mask`` and ``init_trainable`` read; ``data_iterator`` refuses."""
+        return cls(config, mesh, D2LParts(base_cfg, hyper_cfg, base_params, layer_idx))
 
     # ----- plug-in interface -------------------------------------------------------------------------------
     def fingerprint(self):
@@ -192,6 +206,8 @@ class D2LMethod:
 
     def data_iterator(self, process_index, process_count):
         from functools import partial
+        if self.example is None:
+            raise ValueError("this D2LMethod was built without_data: it has no data source")
 
         from hyperlora_jax.methods.d2l_data import collate
         docs = int(self.config.data.get("pack_docs", 0))
@@ -208,11 +224,14 @@ class D2LMethod:
         # frozen student: forward + backward through activations ≈ 4N per token (no weight gradients)
         return 4.0 * self.base_cfg.num_params() * batch_tokens
 
-    def final_evaluate(self, hyper_params, frozen, workdir):
+    def hooks(self):
+        return [Hook("niah_eval", 0, self.final_niah_eval)]
+
+    def final_niah_eval(self, ctx: HookContext):
         """With ``eval.lengths`` set: the toy NIAH table (the d2l evaluator 'toy_niah', ``toy/eval_d2l.py``)."""
         if not self.config.get("eval") or not self.config.eval.get("lengths"):
             return None
-        return get_evaluator("d2l", "toy_niah")(self, jax.device_get(hyper_params), frozen, workdir)
+        return get_evaluator("d2l", "toy_niah")(self, jax.device_get(ctx.params), ctx.frozen, ctx.workdir)
 
 
 def _divisor(n: int, g: int) -> int:

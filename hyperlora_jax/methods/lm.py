@@ -17,6 +17,7 @@ from hyperlora_jax.config import ModelConfig
 from hyperlora_jax.data.iterators import IndexedBatchIterator, stack
 from hyperlora_jax.data.sources import get_source, register_source
 from hyperlora_jax.losses import next_token_ce, token_mean
+from hyperlora_jax.methods.base import Hook, HookContext, Method
 from hyperlora_jax.model import forward, init_params, segment_positions
 
 
@@ -43,7 +44,7 @@ def lm_loss(logits, tokens, loss_mask):
     return token_mean(next_token_ce(logits, tokens), loss_mask[:, :-1])
 
 
-class LMMethod:
+class LMMethod(Method):
     def __init__(self, config, mesh):
         self.config, self.mesh = config, mesh
         mc = config.model
@@ -92,16 +93,19 @@ class LMMethod:
     def flops_per_step(self, batch_tokens: int) -> float:
         return 6.0 * self.model_cfg.num_params() * batch_tokens
 
-    def final_evaluate(self, params, frozen, workdir):
+    def hooks(self):
+        return [Hook("export", 0, self.export)]
+
+    def export(self, ctx: HookContext):
         """Exports the trained model as a Hugging Face directory (WORKDIR/<model.export_dir>) when configured."""
         export = self.config.model.get("export_dir", "")
-        if not export or jax.process_index() != 0:
+        if not export or not ctx.is_main:
             return None
         import os
         import shutil
 
         from hyperlora_jax.io.hf_load import save_pretrained
-        out = os.path.join(workdir, export)
+        out = os.path.join(ctx.workdir, export)
         if os.path.exists(out):
             shutil.rmtree(out)
 
@@ -109,6 +113,6 @@ class LMMethod:
             if self.tokenizer_dir:
                 for f in os.listdir(self.tokenizer_dir):
                     shutil.copy(os.path.join(self.tokenizer_dir, f), os.path.join(tmp, f))
-        save_pretrained(jax.device_get(params), dict(self.config.model.hf_config), out,
+        save_pretrained(jax.device_get(ctx.params), dict(self.config.model.hf_config), out,
                         extra_files=[("tokenizer", tokenizer_files)])
         return {"export_dir": out}

@@ -11,7 +11,7 @@ Per micro-batch: adapter rows = bank[task_index] (or bank[0]), loss = mean over 
 over response tokens (``loss_mask``), as T2L SFT without label smoothing.
 
 Data: the T2L sources (kind 't2l' of ``hyperlora_jax.data.sources``, given this method's ``ChatFormatter``; rows need
-``tokens``, ``loss_mask``, ``segment_ids``, ``task_index``). At the end (``final_evaluate``) row s is exported as a
+``tokens``, ``loss_mask``, ``segment_ids``, ``task_index``). At the end (the ``export`` hook) row s is exported as a
 PEFT directory ``WORKDIR/<lora.export_dir>/<task name>`` (per task) or ``WORKDIR/<lora.export_dir>`` (shared).
 """
 from __future__ import annotations
@@ -26,11 +26,12 @@ import numpy as np
 from hyperlora_jax.data.iterators import IndexedBatchIterator, stack
 from hyperlora_jax.data.sources import get_evaluator, get_source
 from hyperlora_jax.lora import Adapter
+from hyperlora_jax.methods.base import Hook, HookContext, Method
 
 log = logging.getLogger("hyperlora_jax.methods.lora_bank")
 
 
-class LoRABankMethod:
+class LoRABankMethod(Method):
     def __init__(self, config, mesh):
         from transformers import AutoTokenizer
 
@@ -112,16 +113,19 @@ class LoRABankMethod:
     def flops_per_step(self, batch_tokens: float) -> float:
         return 4.0 * self.model_cfg.num_params() * batch_tokens
 
-    def final_evaluate(self, params, frozen, workdir):
+    def hooks(self):
+        return [Hook("export", 0, self.export)]
+
+    def export(self, ctx: HookContext):
         """Exports every bank row as a PEFT directory, then runs the data source's registered lora evaluator if any
         (``data.sources.register_evaluator``; the toy string source's: with ``eval.n`` > 0 a quick exact-match
         check, ``hyperlora_jax.toy.eval_strings.quick_bank_check``)."""
-        if jax.process_index() != 0:
+        if not ctx.is_main:
             return None
         from hyperlora_jax.io.peft_io import export_peft
         lc = self.config.lora
-        root = os.path.join(workdir, lc.get("export_dir", "export"))
-        params = jax.device_get(params)
+        root = os.path.join(ctx.workdir, lc.get("export_dir", "export"))
+        params = jax.device_get(ctx.params)
         ad = self.adapter(params, jnp.arange(self.n_slots))
         meta = {"method": "lora", "per_task": self.per_task, "source": self.config.data.source}
         dirs = []
@@ -133,7 +137,7 @@ class LoRABankMethod:
             dirs.append(out)
         result = {"export_dirs": dirs}
         fn = get_evaluator("lora", self.config.data.source)
-        accuracy = fn(self, params, frozen, workdir) if fn is not None else None
+        accuracy = fn(self, params, ctx.frozen, ctx.workdir) if fn is not None else None
         if accuracy is not None:
             result["accuracy"] = accuracy
         return result

@@ -47,6 +47,7 @@ import numpy as np
 from hyperlora_jax.data.iterators import IndexedBatchIterator, stack
 from hyperlora_jax.data.sources import get_evaluator, get_source, register_source
 from hyperlora_jax.losses import adapter_l2, next_token_row_ce
+from hyperlora_jax.methods.base import Hook, HookContext, Method
 from hyperlora_jax.neftune import neftune_noise
 from hyperlora_jax.t2l import hypernet as hn
 
@@ -183,8 +184,19 @@ def in_memory_source(fmt: ChatFormatter | None, data_cfg, seed: int) -> TaskData
 
 
 # ============================================================================================ the method
-class T2LMethod:
-    def __init__(self, config, mesh):
+@dataclasses.dataclass(frozen=True)
+class T2LParts:
+    """The model half of a T2LMethod given directly instead of loaded (``T2LMethod.without_data``): the base
+    model's ModelConfig and the hypernetwork's T2LConfig."""
+    model_cfg: Any
+    hcfg: Any
+
+
+class T2LMethod(Method):
+    def __init__(self, config, mesh, parts: T2LParts | None = None):
+        """The trainer's constructor (``parts`` None): reads the base model's config, the tokenizer, the data
+        source, the task embeddings and (recon) the oracle LoRAs. With ``parts`` (see ``without_data``) none of
+        them: ``frozen`` and ``data_iterator`` refuse."""
         from hyperlora_jax.config import ModelConfig
 
         self.config, self.mesh = config, mesh
@@ -194,9 +206,15 @@ class T2LMethod:
             raise ValueError(f"t2l.mode {self.mode!r} is not one of {MODES}")
         self.scale = tc.get("scale", "rslora")
         self.dtype = jnp.dtype(config.get("compute_dtype", "float32"))
+        self.sft_cfg, self.recon_cfg = config.get("sft", None), config.get("recon", None)
+        self._frozen = None
+        self._recon_stats = None
+        if parts is not None:
+            self.model_cfg, self.hcfg, self.data, self.task_embs = parts.model_cfg, parts.hcfg, None, None
+            hn.T2LConfig.scale(self.hcfg, self.scale)
+            return
         self.model_dir = config.model.model_dir
         self.model_cfg = ModelConfig.from_pretrained(self.model_dir).with_run_options(config.model)
-        self.sft_cfg, self.recon_cfg = config.get("sft", None), config.get("recon", None)
         if self.mode == "sft":
             from transformers import AutoTokenizer
             tok_dir = config.model.get("tokenizer_dir", "") or self.model_dir
@@ -223,10 +241,15 @@ class T2LMethod:
             out_features=tuple(shapes[m][1] for m in modules), n_layers=self.model_cfg.num_layers,
             dropout_rate=float(tc.get("dropout_rate", 0.05)))
         hn.T2LConfig.scale(self.hcfg, self.scale)
-        self._frozen = None
-        self._recon_stats = None
         if self.mode == "recon":
             self._recon_stats = self._load_oracles()
+
+    @classmethod
+    def without_data(cls, config, model_cfg, hcfg, mesh=None):
+        """The plug-in without base-model directory, tokenizer, data source, task embeddings or oracle LoRAs
+        (benchmarks, tests): what ``loss`` (given its ``frozen`` tree), ``generate``, ``decay_mask`` and
+        ``init_trainable`` read."""
+        return cls(config, mesh, T2LParts(model_cfg, hcfg))
 
     # ------------------------------------------------------------------------------------------ startup pieces
     def _task_embeddings(self, descriptions: Sequence[str]) -> np.ndarray:
@@ -300,6 +323,8 @@ class T2LMethod:
     def frozen(self):
         if self._frozen is not None:
             return self._frozen
+        if self.task_embs is None:
+            raise ValueError("this T2LMethod was built without_data: it has no task embeddings or base weights")
         from hyperlora_jax.sharding import replicated
         rep = replicated(self.mesh)
         out = {"task_emb": jax.device_put(jnp.asarray(self.task_embs), rep)}
@@ -386,14 +411,19 @@ class T2LMethod:
             metrics["raw_l1"] = raw / n_mod
         return loss, metrics
 
-    def final_evaluate(self, trainable, frozen, workdir):
+    def hooks(self):
+        return [Hook("source_eval", 0, self.source_eval)]
+
+    def source_eval(self, ctx: HookContext):
         """The data source's registered t2l evaluator (``data.sources.register_evaluator``), if any, on process 0."""
         fn = get_evaluator("t2l", self.config.data.get("source", "in_memory"))
-        if fn is None or jax.process_index() != 0:
+        if fn is None or not ctx.is_main:
             return None
-        return fn(self, trainable, frozen, workdir)
+        return fn(self, ctx.params, ctx.frozen, ctx.workdir)
 
     def data_iterator(self, process_index, process_count):
+        if self.data is None:
+            raise ValueError("this T2LMethod was built without_data: it has no data source")
         return IndexedBatchIterator(self.data.example, self.data.size, self.config.batch_size, collate=stack,
                                     seed=self.config.seed, shuffle=False, process_index=process_index,
                                     process_count=process_count)

@@ -135,11 +135,9 @@ def test_restored_params_are_the_checkpoint_and_random_init_is_labelled(trained_
     from hyperlora_jax.eval import systems
     wd, params = trained_workdir
     cfg = _config(D2L_CFG, "toy")
-    import shutil  # --checkpoint may name checkpoints/ or checkpoints_best/ (best_metric; the same layout) itself
-    best = tmp_path / "wd" / "checkpoints_best"
-    shutil.copytree(os.path.join(wd, "checkpoints"), best)
-    restored = systems.load_d2l(cfg, str(best))
-    assert restored.method_name == "d2l" and restored.source == f"training checkpoint {best} step 0"
+    ckdir = os.path.join(wd, "checkpoints")  # --checkpoint may name the checkpoints/ directory itself
+    restored = systems.load_d2l(cfg, ckdir)
+    assert restored.method_name == "d2l" and restored.source == f"training checkpoint {ckdir} step 0"
     same = jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(a, b)), restored.d2l.hyper_params, params)
     assert all(jax.tree_util.tree_leaves(same))
     # same shapes as the end-to-end run: the compiled programs are reused
