@@ -143,8 +143,6 @@ def _random_base(cfg, dtype):
 
 
 def d2l_setup(bc, base, a):
-    import ml_collections
-
     from hyperlora_jax.d2l.hypernet import D2LHypernetConfig
     from hyperlora_jax.methods.d2l import D2LMethod
     from hyperlora_jax.optim import make_optimizer
@@ -196,8 +194,6 @@ def d2l_setup(bc, base, a):
 
 
 def t2l_setup(bc, base, a):
-    import ml_collections  # noqa: F401
-
     from hyperlora_jax.methods.t2l import T2LMethod
     from hyperlora_jax.optim import make_optimizer
     from hyperlora_jax.t2l import hypernet as hn
@@ -266,6 +262,8 @@ class LoRAMethod:
 
 def lora_setup(bc, a):
     import optax
+
+    from hyperlora_jax.model import segment_positions
     method = LoRAMethod(bc)
     method.remat = a.remat
     b, n = a.batch * 2, a.seq_len
@@ -275,9 +273,8 @@ def lora_setup(bc, a):
     seg = np.zeros((b, n), np.int32)
     cut, end = n // 2 - n // 16, n - n // 8  # two documents, then padding
     seg[:, :cut], seg[:, cut:end] = 1, 2
-    pos = np.where(np.arange(n) < cut, np.arange(n), np.arange(n) - cut) * (seg > 0)
     batch = {"tokens": jnp.asarray(rng.integers(10, bc.vocab_size, (b, n)), jnp.int32),
-             "positions": jnp.asarray(pos, jnp.int32), "segment_ids": jnp.asarray(seg),
+             "positions": segment_positions(seg), "segment_ids": jnp.asarray(seg),
              "loss_mask": jnp.asarray((seg > 0).astype(np.float32))}
     flops = {"student": 2 * fwd_flops(bc, n, bc.num_layers, n, b)}
     desc = f"{b} rows x {n} tokens (2 packed documents + padding), LoRA r 8 on all projections"

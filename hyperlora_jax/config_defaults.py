@@ -43,6 +43,12 @@ MINIMA = {"num_train_steps": 0, "batch_size": 1, "grad_accum_steps": 1, "warmup_
           "end_lr_factor": 0.0, "weight_decay": 0.0, "max_grad_norm": 0.0, "step_delay_s": 0.0}
 
 
+# keys earlier versions read and this one does not: a config file still setting them gets an error, not silence
+REMOVED = {k: "was removed: periodic evaluation and best-checkpoint selection are gone; a method's work during "
+              "training is a Hook (hyperlora_jax/methods/base.py, Method.hooks: every N steps or at the end)"
+           for k in ("eval_every_steps", "best_metric", "best_mode")}
+
+
 def validate(config) -> None:
     """Checks the common trainer keys of ``config`` (those of ``trainer_defaults``) before anything is built;
     raises TrainConfigError naming the first bad one. Keys a config does not have are not checked."""
@@ -51,6 +57,9 @@ def validate(config) -> None:
     def bad(key, why, value):
         raise TrainConfigError(f"--config.{key} {why}, got {value!r}")
 
+    for key, why in REMOVED.items():
+        if key in config:
+            bad(key, why, config[key])
     if not config.get("method"):
         bad("method", "must name a training method", config.get("method"))
     for key, choices in CHOICES.items():

@@ -7,6 +7,9 @@ Methods (``DOC_METHODS``):
                         tokens (default the native window ``max_position_embeddings``); identical to in_context
                         when the document fits
   d2l                   the question alone + the D2L adapter of its document, internalised on the fly in batches
+  d2l_wrong_doc         control: the question alone + the D2L adapter of ANOTHER example's document (the next one
+                        of the bin, cyclically): what the adapter alone does to answers (format, guessing from
+                        closed answer lists) without the right facts; d2l minus this is what the document carried
   cd                    the question alone + a LoRA distilled per document (eval/cd.py); its ``adapt_s`` is the
                         distillation wall time (teacher responses + top-k + training) D2L's one forward replaces;
                         ``cd_first_loss`` (the LoRA starts at B = 0, so this is the no-context student's loss) and
@@ -29,7 +32,7 @@ from hyperlora_jax.eval.cd import CDOptions, distill
 from hyperlora_jax.eval.systems import RANDOM_INIT
 from hyperlora_jax.lora import stack_adapters
 
-DOC_METHODS = ("no_context", "in_context", "in_context_truncated", "d2l", "cd")
+DOC_METHODS = ("no_context", "in_context", "in_context_truncated", "d2l", "d2l_wrong_doc", "cd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,18 +99,25 @@ def _run_one(system, m: str, examples: Sequence[DocExample], batch_size: int, ma
         cut = [float(c != ans.in_context(e.document, e.prompt)) for c, e in zip(contents, examples)]
         return MethodRun(gen([ans.chat_ids(tok, c) for c in contents]), 0.0, extra={"window": W},
                          per_example={"truncated_fraction": cut})
-    if m == "d2l":
+    if m in ("d2l", "d2l_wrong_doc"):
+        docs = [e.document for e in examples]
+        differs = [1.0] * len(docs)
+        if m == "d2l_wrong_doc":  # example i gets the adapter of example i + 1's document (cyclically)
+            docs = docs[1:] + docs[:1]
+            differs = [float(d != e.document) for d, e in zip(docs, examples)]
         adapters, chunks = [], []
         for idx in ans.padded_batches(len(examples), batch_size):  # fixed shapes, as generation
             keep = len(dict.fromkeys(idx))  # distinct examples of this batch (the rest repeat the last one)
-            a = system.d2l.make_adapter([examples[i].document for i in idx])
+            a = system.d2l.make_adapter([docs[i] for i in idx])
             adapters.append(a.take(range(keep)) if keep < len(idx) else a)
             chunks += np.asarray(system.d2l.last_batch.n_ctx_chunks).tolist()[:keep]
         adapter = stack_adapters(adapters) if len(adapters) > 1 else adapters[0]
         jax.block_until_ready(adapter.A)
         t_ad = time.perf_counter() - t0
-        return MethodRun(gen(q_prompts(), adapter), 0.0, t_ad, {"hypernet": system.source},
-                         {"mean_chunks": [float(c) for c in chunks]})
+        per = {"mean_chunks": [float(c) for c in chunks]}
+        if m == "d2l_wrong_doc":
+            per["other_doc_fraction"] = differs
+        return MethodRun(gen(q_prompts(), adapter), 0.0, t_ad, {"hypernet": system.source}, per)
     assert m == "cd", m
     adapters, stats = [], []
     for idx in ans.padded_batches(len(examples), batch_size):  # fixed shapes: one compiled train step
@@ -131,6 +141,8 @@ def _run_one(system, m: str, examples: Sequence[DocExample], batch_size: int, ma
 
 def method_label(system, m: str) -> str:
     """Row label: the D2L row carries the hypernetwork's provenance in its name when it is untrained."""
+    if m == "d2l_wrong_doc":
+        return system.method_name.replace("d2l", m, 1)  # "d2l_wrong_doc" / "d2l_wrong_doc (random init)"
     return system.method_name if m == "d2l" else m
 
 
@@ -156,7 +168,7 @@ def score(system, suite: str, dataset: str, examples: Sequence[DocExample], runs
                 row["adapt_s"] = run.adapt_s * frac
             row.update(run.extra)
             row.update({k: metrics.mean(v[i] for i in idx) for k, v in run.per_example.items()})
-            if m == "d2l" and system.source == RANDOM_INIT:
+            if m in ("d2l", "d2l_wrong_doc") and system.source == RANDOM_INIT:
                 row["note"] = "d2l (random init): the hypernetwork is NOT trained (no --checkpoint given)"
             rows.append(row)
     return rows

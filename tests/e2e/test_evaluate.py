@@ -103,14 +103,16 @@ def test_cli_toy_d2l_all_methods_from_training_checkpoint(trained_workdir, capsy
     out = capsys.readouterr()
     assert rc == 0, out.err
     rows = json.load(open(os.path.join(wd, "eval", "evaluate.json")))  # --workdir defaults to the training workdir
-    assert isinstance(rows, list) and len(rows) == 5 * 2
+    assert isinstance(rows, list) and len(rows) == 6 * 2
     for r in rows:
         assert {"suite", "dataset", "method", "length", "exact_match", "rouge_l", "n", "wall_s"} <= set(r)
         assert r["suite"] == "niah" and r["dataset"] == "toy_niah" and r["n"] == 1 and r["wall_s"] >= 0
         assert 0.0 <= r["exact_match"] <= r["rouge_l"] + 1e-9 <= 1.0 + 1e-9
     by = {(r["method"], r["length"]): r for r in rows}
-    assert {m for m, _ in by} == {"no_context", "in_context", "in_context_truncated", "d2l", "cd"}
+    assert {m for m, _ in by} == {"no_context", "in_context", "in_context_truncated", "d2l", "d2l_wrong_doc",
+                                  "cd"}
     assert {L for _, L in by} == {64, 256}
+    assert by[("d2l_wrong_doc", 64)]["other_doc_fraction"] == 0.0  # one example per bin: its own is the only one
     assert "step 0" in by[("d2l", 64)]["hypernet"] and by[("d2l", 64)]["adapt_s"] > 0
     # the toy base reads a 64-token sequence in context; without it there is nothing to answer from
     assert by[("in_context", 64)]["exact_match"] == 1.0 and by[("no_context", 64)]["exact_match"] == 0.0
@@ -330,3 +332,24 @@ def test_checkpoint_of_another_model_and_bad_rows(trained_workdir, t2l_converted
         rc = evaluate.main([f"--config={D2L_CFG}:toy", "--workdir", str(tmp_path), flag, val])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and msg in err[0], err
+
+
+def test_d2l_wrong_doc_control_uses_the_next_examples_document(trained_workdir):
+    """The control answers example i with the adapter of example i + 1's document (cyclically): with one shared
+    question, its predictions are d2l's rotated by one, and every example got another document."""
+    import dataclasses
+
+    from hyperlora_jax.eval import doc_eval, niah, systems
+    from hyperlora_jax.eval.cd import CDOptions
+    wd, _ = trained_workdir
+    system = systems.load_d2l(_config(D2L_CFG, "toy"), wd)
+    ex = niah.toy_examples(system.tok, [64], 3, 1234)
+    ex = [dataclasses.replace(e, prompt=ex[0].prompt) for e in ex]
+    assert len({e.document for e in ex}) == 3
+    runs = doc_eval.run_methods(system, ex, ["d2l", "d2l_wrong_doc"], batch_size=1, max_new_tokens=6,
+                                cd=CDOptions())
+    right, wrong = runs["d2l"].predictions, runs["d2l_wrong_doc"].predictions
+    assert wrong == right[1:] + right[:1]
+    assert runs["d2l_wrong_doc"].per_example["other_doc_fraction"] == [1.0] * 3
+    rows = doc_eval.score(system, "niah", "t", ex, runs, {64: [0, 1, 2]}, ("exact_match",))
+    assert [r["method"] for r in rows] == ["d2l", "d2l_wrong_doc"]

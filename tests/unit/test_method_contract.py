@@ -1,5 +1,6 @@
 """The method contract (hyperlora_jax/methods/base.py): abstract methods are enforced, the defaults, the
-registered methods subclass Method, Hook.every is checked. The trainer running hooks: tests/e2e/test_method_hooks.py."""
+registered methods subclass Method, Hook.every is checked, config keys of the removed periodic-eval plumbing are
+refused. The trainer running hooks: tests/e2e/test_method_hooks.py."""
 import importlib
 
 import pytest
@@ -56,3 +57,16 @@ def test_hook_every_must_be_a_non_negative_int():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="every must be an integer >= 0"):
             Hook("h", bad, lambda ctx: None)
+
+
+@pytest.mark.parametrize("key, value", [("eval_every_steps", 100), ("best_metric", "loss"), ("best_mode", "min")])
+def test_a_config_still_setting_a_removed_key_is_refused_by_name(key, value):
+    """Config files written for the removed periodic-eval / best-checkpoint plumbing get one error naming the key
+    and pointing at hooks, instead of being silently ignored."""
+    from hyperlora_jax.config_defaults import TrainConfigError, trainer_defaults, validate
+    c = trainer_defaults()
+    c.method = "lm"
+    validate(c)
+    c[key] = value
+    with pytest.raises(TrainConfigError, match=rf"^--config\.{key} was removed: .*Hook.*, got {value!r}$"):
+        validate(c)
