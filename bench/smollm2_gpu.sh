@@ -33,7 +33,7 @@ stamp "evaluate (facts suite, n=$EVAL_N per length, lengths $LENGTHS)"
 # shellcheck disable=SC2086
 python -m hyperlora_jax.cli.evaluate --config=configs/d2l.py:smollm2 --config.model.base_model="$WORK/base" $EXTRA \
   --checkpoint "$WORK/run" --workdir "$WORK/run" --suites facts --lengths "$LENGTHS" --n "$EVAL_N" \
-  --methods no_context,in_context,d2l --batch_size "$EVAL_BS" > "$OUT/evaluate.log" 2>&1
+  --methods no_context,in_context,d2l,d2l_wrong_doc --batch_size "$EVAL_BS" > "$OUT/evaluate.log" 2>&1
 echo "evaluate exit $?"; tail -12 "$OUT/evaluate.log"
 cp "$WORK/run/eval/evaluate.json" "$WORK/run/eval/evaluate.md" "$OUT/" 2>/dev/null
 

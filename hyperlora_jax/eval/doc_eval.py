@@ -72,22 +72,45 @@ def run_methods(system, examples: Sequence[DocExample], methods: Sequence[str], 
     out = {}
     for m in check_methods(methods):
         if warmup:
-            _run_one(system, m, list(examples[:batch_size]), batch_size, max_new_tokens, cd, truncate_to)
+            _run_one(system, m, list(examples[:batch_size]), batch_size, max_new_tokens, cd, truncate_to, {})
+        used = {}
         t0 = time.perf_counter()
-        out[m] = _run_one(system, m, examples, batch_size, max_new_tokens, cd, truncate_to)
+        out[m] = _run_one(system, m, examples, batch_size, max_new_tokens, cd, truncate_to, used)
         out[m].wall_s = time.perf_counter() - t0
         out[m].extra["timed_after_warmup"] = bool(warmup)
+        out[m].per_example["answer_nll"] = answer_nll(system, examples, used["prompts"], used["adapter"], batch_size)
+    return out
+
+
+def answer_nll(system, examples: Sequence[DocExample], prompts: Sequence[Sequence[int]], adapter,
+               batch_size: int) -> list[float]:
+    """Per example: the mean negative log-likelihood (nats / token) of its first gold answer as the assistant's
+    reply, teacher-forced after ``prompts[i]`` (token ids, template applied) with ``adapter`` (one row per example,
+    or None). A graded view of the same comparison: lower = the method puts more mass on the right answer, even
+    where greedy decoding says something else."""
+    from hyperlora_jax.generation import score
+    tok = system.tok
+    golds = [tok(str(e.answers[0]), add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for e in examples]
+    out = []
+    for idx in ans.padded_batches(len(examples), batch_size):  # fixed batch shape
+        keep = len(dict.fromkeys(idx))
+        lp = score(system.params, system.cfg, [prompts[i] for i in idx], [golds[i] for i in idx],
+                   adapter=None if adapter is None else adapter.take(idx), dtype=system.d2l.dtype)
+        out += [float(-np.mean(x)) for x in lp[:keep]]
     return out
 
 
 def _run_one(system, m: str, examples: Sequence[DocExample], batch_size: int, max_new_tokens: int, cd: CDOptions,
-             truncate_to: Optional[int]) -> MethodRun:
+             truncate_to: Optional[int], used: dict) -> MethodRun:
+    """One method's answers; ``used`` receives the prompts and adapter it answered with (for ``answer_nll``)."""
     tok, params, cfg = system.tok, system.params, system.cfg
     dtype = system.d2l.dtype
     t0 = time.perf_counter()
-    gen = lambda prompts, adapter=None: ans.generate_texts(params, cfg, tok, prompts, adapter=adapter,
-                                                           max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                                           dtype=dtype)
+
+    def gen(prompts, adapter=None):
+        used.update(prompts=prompts, adapter=adapter)
+        return ans.generate_texts(params, cfg, tok, prompts, adapter=adapter, max_new_tokens=max_new_tokens,
+                                  batch_size=batch_size, dtype=dtype)
     q_prompts = lambda: [ans.chat_ids(tok, e.prompt) for e in examples]
     if m == "no_context":
         return MethodRun(gen(q_prompts()), 0.0)

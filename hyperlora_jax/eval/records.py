@@ -104,13 +104,14 @@ def _fmt(v) -> str:
 
 
 def markdown(rows: Sequence[dict]) -> str:
-    """One table per (suite, dataset): rows = methods, columns = (length bin ×) metric, values in %."""
+    """One table per (suite, dataset): rows = methods, columns = (length bin ×) metric, values in % (answer_nll in
+    nats / token)."""
     out = []
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["suite"], r["dataset"]), []).append(r)
     for (suite, ds), rs in groups.items():
-        metrics = [m for m in METRICS if any(m in r for r in rs)]
+        metrics = [m for m in METRICS + ("answer_nll",) if any(m in r for r in rs)]
         lengths = list(dict.fromkeys(r.get("length") for r in rs))
         methods = list(dict.fromkeys(r["method"] for r in rs))
         cols = [(L, m) for L in lengths for m in metrics]
@@ -121,7 +122,8 @@ def markdown(rows: Sequence[dict]) -> str:
                 "|---" * (len(cols) + 3 + adapt) + "|"]
         by = {(r["method"], r.get("length")): r for r in rs}
         for meth in methods:
-            cells = [_fmt(by[(meth, L)][m]) if (meth, L) in by and m in by[(meth, L)] else "–" for L, m in cols]
+            cells = [(f"{by[(meth, L)][m]:.2f}" if m == "answer_nll" else _fmt(by[(meth, L)][m]))
+                     if (meth, L) in by and m in by[(meth, L)] else "–" for L, m in cols]
             mine = [by[(meth, L)] for L in lengths if (meth, L) in by]
             n = sorted({r["n"] for r in mine})
             wall = sum(r.get("wall_s", 0.0) for r in mine)
@@ -132,6 +134,9 @@ def markdown(rows: Sequence[dict]) -> str:
             out.append(line)
         notes = sorted({r["note"] for r in rs if r.get("note")})
         out += [""] + [f"* {t}" for t in notes] + ([""] if notes else [])
+    if any("answer_nll" in r for r in rows):
+        out.append("answer_nll: mean negative log-likelihood of the gold answer as the reply, nats / token (not %; "
+                   "lower is better).")
     out.append("wall s: producing adapters + answering, summed over the row's cells; adapt s: producing the adapters "
                "alone (D2L: internalising the documents; CD: distilling one LoRA per document; T2L: generating from "
                "the descriptions). " + ("Times leave JIT compilation out (--warmup)." if rows and all(

@@ -116,6 +116,10 @@ def test_cli_toy_d2l_all_methods_from_training_checkpoint(trained_workdir, capsy
     assert "step 0" in by[("d2l", 64)]["hypernet"] and by[("d2l", 64)]["adapt_s"] > 0
     # the toy base reads a 64-token sequence in context; without it there is nothing to answer from
     assert by[("in_context", 64)]["exact_match"] == 1.0 and by[("no_context", 64)]["exact_match"] == 0.0
+    # the graded view agrees: the gold answer is far likelier with the document in context (nats / token)
+    assert all(np.isfinite(r["answer_nll"]) and r["answer_nll"] >= 0 for r in rows)
+    assert by[("in_context", 64)]["answer_nll"] + 1.0 < by[("no_context", 64)]["answer_nll"]
+    assert "answer_nll: mean negative log-likelihood" in open(os.path.join(wd, "eval", "evaluate.md")).read()
     # truncation only past the native window (W = 128)
     assert by[("in_context_truncated", 64)]["truncated_fraction"] == 0.0
     assert by[("in_context_truncated", 256)]["truncated_fraction"] == 1.0
