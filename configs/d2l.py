@@ -31,7 +31,8 @@ Memory (model.*): chunk_group   chunks per context-encoder + hypernetwork call (
 Data keys (data.*):
   source          toy_niah (generated, toy preset, toy/niah_sources.py) | d2l_qa | niah (prepared TFDS datasets,
                   methods/d2l_sources.py) | fictional_facts (generated documents + questions, toy/facts_source.py:
-                  data.num_documents, facts_seed, min_facts, max_facts, min_entities, max_entities)
+                  data.num_documents, facts_seed, min_facts, max_facts, min_entities, max_entities,
+                  closed_answers: only answers from closed word lists, a curriculum)
   tfds_dir        directory the d2l_qa / niah dataset was prepared in with hyperlora_jax.data.tfds (array_record)
   tfds_name       builder[/config[/version]]; '' = d2l_qa (its default config) resp. niah/reference
   split           TFDS split string, e.g. train, train[:95%], train_32_128+train_128_256

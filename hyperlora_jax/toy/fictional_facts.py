@@ -10,6 +10,10 @@ question per fact whose answer is the value exactly as the paragraph states it::
 Names are built from syllables and values drawn from closed lists and number ranges, so an answer can only come
 from the document. The record layout is the text layout of the ``d2l_qa`` dataset (context, prompts, responses).
 
+With ``closed_answers=True`` an entity states only its facts whose value comes from a closed word list (colours,
+goods, instruments, months, diets, habitats, figureheads; 2..3 per entity, so at most that many facts): a training
+curriculum in which every answer is one of a few dozen known words and only the document says which.
+
 With ``max_entities > 1`` a record describes ``min_entities..max_entities`` entities, one paragraph each (joined by
 a blank line), and asks about the facts of all of them (longer documents whose answers sit anywhere in them).
 ``max_entities == 1`` (the default) gives exactly the single-entity records above.
@@ -31,6 +35,9 @@ MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augus
           "November", "December"]
 DIETS = ["beetles", "berries", "lichen", "minnows", "moths", "pine seeds", "river snails", "water weed"]
 HABITATS = ["cloud forests", "salt marshes", "basalt cliffs", "bamboo thickets", "alpine meadows", "mangrove swamps"]
+FIGUREHEADS = ["heron", "lion", "mermaid", "stag", "swan", "wolf"]
+# values drawn from the closed lists above (not invented names or numbers): the answers of ``closed_answers`` worlds
+CLOSED_VALUES = frozenset(COLOURS + GOODS + INSTRUMENTS + MONTHS + DIETS + HABITATS + FIGUREHEADS)
 KINDS = ("town", "person", "species", "ship")
 
 
@@ -96,7 +103,7 @@ def _facts(kind: str, name: str, rng) -> tuple[str, list[tuple[str, str, str]]]:
         (f"She carries {(v := pick(GOODS))}.", f"What cargo does the {name} carry?", v),
         (f"Her hull is painted {(v := pick(COLOURS))}.", f"What colour is the hull of the {name}?", v),
         (f"She has a crew of {(v := str(int(rng.integers(4, 400))))}.", f"How large is the crew of the {name}?", v),
-        (f"Her figurehead shows a {(v := pick(['heron', 'lion', 'mermaid', 'stag', 'swan', 'wolf']))}.",
+        (f"Her figurehead shows a {(v := pick(FIGUREHEADS))}.",
          f"What does the figurehead of the {name} show?", v),
     ]
     return f"The {name} is a merchant ship.", facts
@@ -106,7 +113,7 @@ class FictionalFacts:
     """``n`` fictional-fact records (``len`` + ``[i]``), each a pure function of (seed, i); see the module."""
 
     def __init__(self, n: int, seed: int = 0, min_facts: int = 3, max_facts: int = 7, min_entities: int = 1,
-                 max_entities: int = 1):
+                 max_entities: int = 1, closed_answers: bool = False):
         if n < 1:
             raise ValueError(f"fictional facts: the number of documents must be >= 1, got {n}")
         if not 1 <= min_facts <= max_facts <= 7:
@@ -116,6 +123,7 @@ class FictionalFacts:
                              f"{max_entities}")
         self.n, self.seed, self.min_facts, self.max_facts = int(n), int(seed), int(min_facts), int(max_facts)
         self.min_entities, self.max_entities = int(min_entities), int(max_entities)
+        self.closed_answers = bool(closed_answers)
 
     def __len__(self) -> int:
         return self.n
@@ -138,6 +146,8 @@ class FictionalFacts:
         kind = KINDS[int(rng.integers(len(KINDS)))]
         name = _person(rng) if kind == "person" else syllable_name(rng)
         opening, facts = _facts(kind, name, rng)
+        if self.closed_answers:
+            facts = [f for f in facts if f[2] in CLOSED_VALUES]
         k = int(rng.integers(self.min_facts, self.max_facts + 1))
         chosen = [facts[j] for j in rng.permutation(len(facts))[:k]]
         return {"context": " ".join([opening] + [s for s, _, _ in chosen]),

@@ -146,3 +146,19 @@ def test_evaluate_facts_suite(tiny_chat_model, tmp_path):
         (m, L) for m in ("no_context", "in_context", "d2l") for L in (200, 600)}
     for r in rows:
         assert r["suite"] == "facts" and r["n"] == 2 and 0 <= r["contains"] <= 1 and r["doc_tokens"] <= r["length"]
+
+
+def test_closed_answers_world():
+    """closed_answers=True: every answer is a closed-list word stated in its document, at most 3 facts per entity,
+    all four entity kinds still occur; the default world keeps its invented names and numbers."""
+    from hyperlora_jax.toy.fictional_facts import CLOSED_VALUES
+
+    world = FictionalFacts(200, seed=2, min_facts=1, max_facts=7, closed_answers=True)
+    openings = set()
+    for i in range(200):
+        r = world[i]
+        assert 1 <= len(r["responses"]) <= 3
+        assert all(a in CLOSED_VALUES and a in r["context"] for a in r["responses"])
+        openings |= {k for k in ("a town", "an inventor", "a species", "a merchant ship") if k in r["context"]}
+    assert len(openings) == 4
+    assert any(a not in CLOSED_VALUES for i in range(50) for a in FictionalFacts(50, seed=2)[i]["responses"])
