@@ -140,6 +140,7 @@ def get_config(preset: str = "toy"):
                            teacher_len=0, pack_docs=8))
         c.data.num_documents, c.data.facts_seed, c.data.min_facts, c.data.max_facts = 100_000, 0, 3, 7
         c.data.min_entities, c.data.max_entities = 1, 3  # documents of 1..3 paragraphs (~60..350 tokens)
+        c.data.closed_answers = False  # True: only closed-word-list answers (a curriculum; see fictional_facts)
         c.num_train_steps, c.batch_size, c.grad_accum_steps = 5_000, 32, 1
         c.learning_rate, c.warmup_steps, c.end_lr_factor = 1e-4, 100, 0.1
         c.checkpoint_every_steps, c.log_every_steps = 1000, 20
